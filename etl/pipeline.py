@@ -1,0 +1,298 @@
+"""The stage list and the runner that walks it.
+
+Every stage writes exactly one layer. A stage is skipped when its fingerprint (its code, the config
+keys it reads, and the fingerprints of the layers it reads) matches the last materialization, so a
+re-run after a crash continues at the first stage that did not finish, and a changed setting
+re-runs exactly the stages downstream of it. ``--force STAGE`` re-runs one stage regardless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import embed as embed_mod
+from . import export as export_mod
+from . import ingest, mine, queryfiles
+from .config import Config, fingerprint_of
+from .warehouse import Contract, LayerResult, Warehouse, sha
+
+
+@dataclass
+class Stage:
+    """One step of the pipeline: a SQL model (``sql/<name>.sql``) or a Python function."""
+
+    name: str
+    deps: tuple[str, ...]
+    config_keys: tuple[str, ...] = ()
+    python: Callable[[Context, Path], dict[str, Any]] | None = None
+    contract: Contract | None = None  # for Python stages; SQL stages declare theirs in the file
+    embeds: bool = False  # needs the embedding UDFs
+
+    @property
+    def is_sql(self) -> bool:
+        """True for SQL models."""
+        return self.python is None
+
+
+@dataclass
+class Context:
+    """What stages get: config, warehouse (connection + paths) and lazily loaded models."""
+
+    cfg: Config
+    wh: Warehouse
+    results: dict[str, LayerResult] = field(default_factory=dict)
+    _udfs: embed_mod.EmbeddingUDFs | None = None
+
+    @property
+    def progress(self) -> bool:
+        """Whether to draw progress bars."""
+        return self.cfg.run.progress
+
+    def udfs(self) -> embed_mod.EmbeddingUDFs:
+        """Load the embedding model once, register the UDFs and the cache view."""
+        if self._udfs is None:
+            embedder = embed_mod.load_embedder(self.cfg.embedding)
+            self._udfs = embed_mod.EmbeddingUDFs(embedder, self.cfg.embedding, self.progress)
+            self._udfs.register(self.wh.con)
+            self.wh.con.execute("SET VARIABLE embedding_dim = ?", [embedder.dim])
+            self.refresh_cache_view()
+        return self._udfs
+
+    @property
+    def cache_dir(self) -> Path:
+        """Embedding cache of the configured model."""
+        return self.wh.root / "cache" / "embeddings" / embed_mod.model_slug(self.cfg.embedding.model)
+
+    def refresh_cache_view(self) -> None:
+        """(Re)create the ``embedding_cache`` view over the cache files (empty when caching is off)."""
+        files = sorted(self.cache_dir.glob("*.parquet")) if self.cfg.embedding.cache else []
+        if files:
+            listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+            self.wh.con.execute(
+                "CREATE OR REPLACE TEMP VIEW embedding_cache AS "
+                f"SELECT text_hash, embedding FROM read_parquet([{listing}])")
+        else:
+            self.wh.con.execute(
+                "CREATE OR REPLACE TEMP VIEW embedding_cache AS "
+                "SELECT NULL::VARCHAR AS text_hash, NULL::FLOAT[] AS embedding WHERE false")
+
+    def add_to_cache(self, select_sql: str, tag: str) -> int:
+        """Append (text_hash, embedding) rows not yet cached, as one new Parquet file."""
+        if not self.cfg.embedding.cache:
+            return 0
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        new = (f"SELECT DISTINCT ON (text_hash) * FROM ({select_sql}) "
+               "WHERE text_hash NOT IN (SELECT text_hash FROM embedding_cache)")
+        n = int(self.wh.con.execute(f"SELECT count(*) FROM ({new})").fetchall()[0][0])
+        if n:
+            final = self.cache_dir / f"{tag}-{int(time.time() * 1000)}.parquet"
+            tmp = final.with_name("." + final.name + ".tmp")
+            self.wh.con.execute(f"COPY ({new} ORDER BY text_hash) TO '{tmp}' (FORMAT parquet)")
+            tmp.replace(final)
+            self.refresh_cache_view()
+        return n
+
+
+# ---- Python stage bodies ---------------------------------------------------------------------
+
+def _raw_documents(ctx: Context, out: Path) -> dict[str, Any]:
+    return ingest.write_raw_documents(ctx.cfg, out, ctx.progress)
+
+
+def _query_file_rows(ctx: Context, out: Path) -> dict[str, Any]:
+    return queryfiles.write_query_file_rows(ctx.cfg, out)
+
+
+def _embeddings_dir(ctx: Context) -> Path:
+    return ctx.cfg.export_dir / "embeddings"
+
+
+def _neighbours(ctx: Context, out: Path) -> dict[str, Any]:
+    dim = ctx.wh.con.execute("SELECT len(embedding) FROM passage_embeddings LIMIT 1").fetchall()[0][0]
+    edir = _embeddings_dir(ctx)
+    p_npy, p_ids = edir / "document_embeddings.npy", edir / "document_ids.txt"
+    q_npy, q_ids = edir / "query_embeddings.npy", edir / "query_ids.txt"
+    mine.export_embeddings(ctx.wh.con, "passage_embeddings", "passage_id", p_npy, p_ids, dim)
+    mine.export_embeddings(ctx.wh.con, "query_embeddings", "query_id", q_npy, q_ids, dim)
+    return mine.write_neighbours(out, p_npy, mine.read_ids(p_ids), q_npy, mine.read_ids(q_ids),
+                                 ctx.cfg.mining, edir / "ann_index.usearch", ctx.progress)
+
+
+def _clusters(ctx: Context, out: Path) -> dict[str, Any]:
+    edir = _embeddings_dir(ctx)
+    p_npy, p_ids = edir / "document_embeddings.npy", edir / "document_ids.txt"
+    if not p_npy.exists():  # the export dir was removed since neighbours ran: write it again
+        dim = ctx.wh.con.execute("SELECT len(embedding) FROM passage_embeddings LIMIT 1").fetchall()[0][0]
+        mine.export_embeddings(ctx.wh.con, "passage_embeddings", "passage_id", p_npy, p_ids, dim)
+    return mine.write_clusters(out, p_npy, mine.read_ids(p_ids), ctx.cfg.clustering, ctx.cfg.run.seed)
+
+
+STAGES: list[Stage] = [
+    Stage("raw_documents", (), ("sources",), python=_raw_documents,
+          contract=Contract(not_null=["source", "file", "line_no"],
+                            checks=["(reject_reason IS NULL) = (text IS NOT NULL AND title IS NOT NULL)"])),
+    Stage("clean_documents", ("raw_documents",), ("clean", "sources")),
+    Stage("documents", ("clean_documents",)),
+    Stage("quarantine", ("raw_documents", "clean_documents")),
+    Stage("passages", ("documents",), ("chunk",)),
+    Stage("query_file_rows", (), ("query_files",), python=_query_file_rows,
+          contract=Contract(not_null=["name", "file", "line_no"])),
+    Stage("user_queries", ("query_file_rows", "documents", "passages")),
+    Stage("queries", ("passages", "user_queries"), ("queries", "run.seed")),
+    Stage("passage_embeddings", ("passages",), ("embedding.model", "embedding.max_chars"), embeds=True),
+    Stage("query_embeddings", ("queries",), ("embedding.model", "embedding.max_chars"), embeds=True),
+    Stage("neighbours", ("passage_embeddings", "query_embeddings"), ("mining", "paths.export"),
+          python=_neighbours,
+          contract=Contract(unique=[["query_id", "rank"]], not_null=["query_id", "passage_id", "similarity"],
+                            checks=["isfinite(similarity)", "rank >= 1"])),
+    Stage("clusters", ("passage_embeddings",), ("clustering", "run.seed"), python=_clusters,
+          contract=Contract(unique=[["passage_id"]], not_null=["passage_id", "cluster_id"])),
+    Stage("candidates", ("queries", "query_embeddings", "passage_embeddings", "neighbours", "clusters", "documents"),
+          ("negatives", "mining.skip_top", "run.seed")),
+    Stage("examples", ("candidates", "queries", "passages", "documents"),
+          ("negatives", "scoring", "split", "run.seed")),
+]
+STAGE_NAMES = [s.name for s in STAGES] + ["export"]
+
+
+def _config_part(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return fingerprint_of(node)
+
+
+def _code_version(stage: Stage, cfg: Config) -> str:
+    if stage.is_sql:
+        return (cfg.sql_dir / f"{stage.name}.sql").read_text(encoding="utf-8")
+    return inspect.getsource(inspect.getmodule(stage.python)) + inspect.getsource(stage.python)
+
+
+def _module_version(*modules: Any) -> str:
+    return hashlib.sha256("".join(inspect.getsource(m) for m in modules).encode()).hexdigest()
+
+
+def stage_fingerprint(stage: Stage, ctx: Context) -> str:
+    """Hash of what determines a stage's output: code, config keys, input layer fingerprints."""
+    parts: list[Any] = [stage.name, _code_version(stage, ctx.cfg)]
+    parts += [f"{k}={_config_part(ctx.cfg, k)}" for k in stage.config_keys]
+    parts += [f"{d}@{ctx.wh.fingerprint(d)}" for d in stage.deps]
+    if stage.name == "raw_documents":
+        parts.append(json.dumps(ingest.input_signature(ctx.cfg)))
+        parts.append(_module_version(ingest))
+    if stage.name == "query_file_rows":
+        parts.append(json.dumps(queryfiles.input_signature(ctx.cfg)))
+    if stage.name == "neighbours":
+        parts.append(_module_version(mine))
+        parts.append(str(all((_embeddings_dir(ctx) / f).exists() for f in
+                             ("document_embeddings.npy", "query_embeddings.npy", "ann_index.usearch"))))
+    return sha(*parts)
+
+
+def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
+    """Materialize one stage unless it is fresh; check its contract; record its state."""
+    wh = ctx.wh
+    fp = stage_fingerprint(stage, ctx)
+    if not force and wh.is_fresh(stage.name, fp):
+        st = wh.state(stage.name) or {}
+        return LayerResult(stage.name, int(st.get("rows", 0)), 0.0, skipped=True, fingerprint=fp,
+                           extra=st.get("extra", {}))
+    t0 = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if stage.is_sql:
+        sql_text = (ctx.cfg.sql_dir / f"{stage.name}.sql").read_text(encoding="utf-8")
+        contract = Contract.parse(sql_text)
+        if stage.embeds:
+            udfs = ctx.udfs()
+            n_todo = _count_cache_misses(ctx, stage.name)
+            udfs.start_progress(n_todo, stage.name)
+            before = dict(udfs.embedded)
+            try:
+                rows = wh.materialize_sql(stage.name, _strip_sql(sql_text))
+            finally:
+                udfs.close_progress()
+            extra["embedded"] = sum(udfs.embedded.values()) - sum(before.values())
+            extra["cache_added"] = _update_cache(ctx, stage.name)
+            extra["model"] = udfs.embedder.name
+        else:
+            rows = wh.materialize_sql(stage.name, _strip_sql(sql_text))
+    else:
+        assert stage.python is not None
+        contract = stage.contract or Contract()
+        tmp = wh.tmp_path(stage.name)
+        tmp.unlink(missing_ok=True)
+        extra = stage.python(ctx, tmp) or {}
+        rows = wh.register_file(stage.name, tmp)
+    wh.check_contract(stage.name, contract)
+    result = LayerResult(stage.name, rows, time.perf_counter() - t0, fingerprint=fp, extra=extra)
+    wh.write_state(result)
+    return result
+
+
+def _strip_sql(text: str) -> str:
+    """The SELECT of a model file without trailing semicolons."""
+    return text.strip().rstrip(";")
+
+
+def _count_cache_misses(ctx: Context, layer: str) -> int:
+    con = ctx.wh.con
+    if layer == "passage_embeddings":
+        sql = ("SELECT count(*) FROM passages p WHERE sha256('passage: ' || p.text) NOT IN "
+               "(SELECT text_hash FROM embedding_cache)")
+    else:
+        sql = ("SELECT count(*) + count(positive_text) FROM queries q WHERE sha256('query: ' || q.query) NOT IN "
+               "(SELECT text_hash FROM embedding_cache)")
+    return int(con.execute(sql).fetchall()[0][0])
+
+
+def _update_cache(ctx: Context, layer: str) -> int:
+    if layer == "passage_embeddings":
+        sql = ("SELECT sha256('passage: ' || p.text) AS text_hash, e.embedding FROM passages p "
+               "JOIN passage_embeddings e USING (passage_id)")
+    else:
+        sql = ("SELECT sha256('query: ' || q.query) AS text_hash, e.embedding FROM queries q "
+               "JOIN query_embeddings e USING (query_id) UNION ALL "
+               "SELECT sha256('passage: ' || q.positive_text), e.positive_embedding FROM queries q "
+               "JOIN query_embeddings e USING (query_id) WHERE q.positive_text IS NOT NULL")
+    return ctx.add_to_cache(sql, layer)
+
+
+def run_pipeline(cfg: Config, force: list[str] | None = None, until: str | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every stage in order (skipping fresh ones), then export and validate; return the summary."""
+    force = force or []
+    for f in force:
+        if f not in STAGE_NAMES and f != "all":
+            raise ValueError(f"--force: unknown stage {f!r} (stages: {', '.join(STAGE_NAMES)})")
+    # fail before any work when a source glob matches nothing
+    for s in cfg.sources:
+        ingest.resolve_files(s)
+    started = time.perf_counter()
+    wh = Warehouse(cfg)
+    try:
+        ctx = Context(cfg, wh)
+        for stage in STAGES:
+            res = run_stage(stage, ctx, force="all" in force or stage.name in force)
+            ctx.results[stage.name] = res
+            state = "skipped (fresh)" if res.skipped else f"{res.seconds:7.1f}s"
+            log(f"  {stage.name:<20} {res.rows:>10,} rows  {state}")
+            if until == stage.name:
+                return {"stages": ctx.results}
+        summary = export_mod.export(ctx, force="all" in force or "export" in force,
+                                    started=started, log=log)
+        return summary
+    finally:
+        wh.close()
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO 8601."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,282 @@
+"""The warehouse: one Parquet file per layer, a DuckDB database with a view per layer, the runner.
+
+Layout under ``paths.warehouse``::
+
+    layers/<layer>.parquet     one file per layer, written to a temporary name then renamed
+    state/<layer>.json         fingerprint, row count and timing of the last materialization
+    cache/embeddings/...       embedding cache (see etl.embed)
+    etl.duckdb                 a view per layer over layers/<layer>.parquet (absolute paths)
+
+A SQL model is a plain ``SELECT`` in ``sql/<layer>.sql`` that reads earlier layers by name.
+Parameters come from the config as DuckDB variables, read with ``getvariable('name')``.
+Contracts are comment lines in the model file, checked right after materialization::
+
+    -- @unique: passage_id
+    -- @not_null: passage_id, doc_id, text
+    -- @check: length(text) > 0
+
+A broken contract stops the run, naming the layer and a few offending rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from .config import Config
+
+
+class ContractError(RuntimeError):
+    """A layer broke its contract."""
+
+
+class WarehouseLockedError(RuntimeError):
+    """Another process holds the warehouse."""
+
+
+@dataclass
+class Contract:
+    """Declarative checks for a layer (unique keys, not-null columns, row predicates)."""
+
+    unique: list[list[str]] = field(default_factory=list)
+    not_null: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, sql: str) -> Contract:
+        """Read ``-- @unique:``, ``-- @not_null:`` and ``-- @check:`` comment lines."""
+        c = cls()
+        for m in re.finditer(r"^\s*--\s*@(unique|not_null|check):\s*(.+?)\s*$", sql, re.M):
+            kind, body = m.group(1), m.group(2)
+            if kind == "unique":
+                c.unique.append([x.strip() for x in body.split(",")])
+            elif kind == "not_null":
+                c.not_null.extend(x.strip() for x in body.split(","))
+            else:
+                c.checks.append(body)
+        return c
+
+
+@dataclass
+class LayerResult:
+    """What a stage reports: rows written, seconds spent, whether it was skipped, extra counters."""
+
+    name: str
+    rows: int
+    seconds: float
+    skipped: bool = False
+    fingerprint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sha(*parts: Any) -> str:
+    """Short stable hash of the given parts."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(str(p).encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()[:24]
+
+
+def _q(path: Path) -> str:
+    """Quote a path as a SQL string literal."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+class Warehouse:
+    """Holds the DuckDB connection and knows where each layer lives."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.root = cfg.warehouse_dir
+        self.layers_dir = self.root / "layers"
+        self.state_dir = self.root / "state"
+        for d in (self.root, self.layers_dir, self.state_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "etl.duckdb"
+        try:
+            self.con = duckdb.connect(str(self.db_path))
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise WarehouseLockedError(
+                    f"warehouse {self.root} is in use by another process (DuckDB holds a lock on "
+                    f"{self.db_path.name}); wait for that run to finish"
+                ) from exc
+            raise
+        tmp = cfg.duckdb.temp_directory or str(self.root / "tmp")
+        self.con.execute(f"SET memory_limit = '{cfg.duckdb.memory_limit}'")
+        self.con.execute(f"SET temp_directory = {_q(Path(tmp))}")
+        if cfg.duckdb.threads:
+            self.con.execute(f"SET threads = {int(cfg.duckdb.threads)}")
+        self.con.execute("SET preserve_insertion_order = true")
+        self._set_variables()
+        for layer in self.existing_layers():
+            self._create_view(layer)
+
+    # ---- parameters -----------------------------------------------------------------------
+    def _set_variables(self) -> None:
+        """Expose config values to SQL models as DuckDB variables (``getvariable('name')``)."""
+        c = self.cfg
+        variables: dict[str, Any] = {
+            "seed": c.run.seed,
+            "clean_min_chars": c.clean.min_chars,
+            "clean_max_chars": c.clean.max_chars,
+            "clean_namespaces": c.clean.namespaces,
+            "clean_drop_redirects": c.clean.drop_redirects,
+            "clean_dedupe": c.clean.dedupe,
+            "chunk_target_chars": c.chunk.target_chars,
+            "chunk_max_chars": c.chunk.max_chars,
+            "chunk_min_chars": c.chunk.min_chars,
+            "query_methods": c.queries.methods,
+            "query_max_per_source": c.queries.max_per_source,
+            "query_min_chars": c.queries.min_chars,
+            "query_max_chars": c.queries.max_chars,
+            "query_min_positive_chars": c.queries.min_positive_chars,
+            "embedding_model": c.embedding.model,
+            "skip_top": c.mining.skip_top,
+            "n_hard": c.negatives.hard,
+            "n_related": c.negatives.related,
+            "n_easy": c.negatives.easy,
+            "easy_pool": c.negatives.easy_pool,
+            "score_scale": c.scoring.scale,
+            "score_decimals": c.scoring.decimals,
+            "val_fraction": c.split.val_fraction,
+        }
+        for name, value in variables.items():
+            self.con.execute(f"SET VARIABLE {name} = ?", [value])
+
+    # ---- layers ---------------------------------------------------------------------------
+    def layer_path(self, name: str) -> Path:
+        """Parquet file of a layer."""
+        return self.layers_dir / f"{name}.parquet"
+
+    def existing_layers(self) -> list[str]:
+        """Layers that have been materialized."""
+        return sorted(p.stem for p in self.layers_dir.glob("*.parquet"))
+
+    def has_layer(self, name: str) -> bool:
+        """Whether a layer exists on disk."""
+        return self.layer_path(name).exists()
+
+    def _create_view(self, name: str) -> None:
+        self.con.execute(
+            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({_q(self.layer_path(name))})"
+        )
+
+    def count(self, name: str) -> int:
+        """Row count of a layer (from Parquet metadata)."""
+        return int(self.con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0])
+
+    # ---- state / fingerprints -------------------------------------------------------------
+    def state(self, name: str) -> dict[str, Any] | None:
+        """Last recorded materialization of a layer, or None."""
+        p = self.state_dir / f"{name}.json"
+        if not p.exists() or not self.has_layer(name):
+            return None
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def fingerprint(self, name: str) -> str:
+        """Fingerprint of the current materialization of a layer ('' if none)."""
+        st = self.state(name)
+        return st["fingerprint"] if st else ""
+
+    def is_fresh(self, name: str, fingerprint: str) -> bool:
+        """True when the layer exists and was built from the same inputs and settings."""
+        st = self.state(name)
+        return bool(st) and st.get("fingerprint") == fingerprint
+
+    def write_state(self, result: LayerResult) -> None:
+        """Record a layer's fingerprint, rows and timing (atomically)."""
+        payload = {
+            "layer": result.name,
+            "fingerprint": result.fingerprint,
+            "rows": result.rows,
+            "seconds": round(result.seconds, 3),
+            "extra": result.extra,
+        }
+        atomic_write_text(self.state_dir / f"{result.name}.json", json.dumps(payload, indent=2))
+
+    # ---- materialization ------------------------------------------------------------------
+    def materialize_sql(self, name: str, select_sql: str) -> int:
+        """Write ``select_sql`` to the layer's Parquet file atomically and refresh its view."""
+        final = self.layer_path(name)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        self.con.execute(
+            f"COPY ({select_sql}) TO {_q(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)"
+        )
+        os.replace(tmp, final)
+        self._create_view(name)
+        return self.count(name)
+
+    def register_file(self, name: str, written_tmp: Path) -> int:
+        """Move a Parquet file written by Python into place as layer ``name``."""
+        os.replace(written_tmp, self.layer_path(name))
+        self._create_view(name)
+        return self.count(name)
+
+    def tmp_path(self, name: str) -> Path:
+        """A temporary path next to the layer file, for writers that produce Parquet themselves."""
+        final = self.layer_path(name)
+        return final.with_name(f".{final.name}.{os.getpid()}.tmp")
+
+    # ---- contracts ------------------------------------------------------------------------
+    def check_contract(self, name: str, contract: Contract) -> None:
+        """Run a layer's contract checks; raise ContractError naming the layer and rows."""
+        problems: list[str] = []
+        for cols in contract.unique:
+            keys = ", ".join(cols)
+            rows = self.con.execute(
+                f"SELECT {keys}, count(*) AS n FROM {name} GROUP BY ALL HAVING count(*) > 1 LIMIT 5"
+            ).fetchall()
+            if rows:
+                problems.append(f"duplicate ({keys}): {rows}")
+        for col in contract.not_null:
+            n = self.con.execute(f"SELECT count(*) FROM {name} WHERE {col} IS NULL").fetchall()[0][0]
+            if n:
+                problems.append(f"{n} rows with NULL {col}")
+        for expr in contract.checks:
+            rows = self.con.execute(
+                f"SELECT * FROM {name} WHERE NOT coalesce(({expr}), false) LIMIT 3"
+            ).fetchall()
+            if rows:
+                n = self.con.execute(
+                    f"SELECT count(*) FROM {name} WHERE NOT coalesce(({expr}), false)"
+                ).fetchall()[0][0]
+                shown = [tuple(str(v)[:80] for v in r) for r in rows]
+                problems.append(f"{n} rows fail check `{expr}`, e.g. {shown}")
+        if problems:
+            raise ContractError(f"layer '{name}' broke its contract:\n  - " + "\n  - ".join(problems))
+
+    def close(self) -> None:
+        """Close the connection (releases the database lock)."""
+        self.con.close()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to ``path`` via a temporary file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def run_timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """Call ``fn`` and return (result, seconds)."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0

@@ -1,0 +1,78 @@
+-- Layer examples: one training record per query: 1 positive + negatives.hard hard negatives
+-- + negatives.related related + negatives.easy easy negatives, or no record at all (a query that
+-- cannot fill every slot is dropped, never padded; sql/stats/dropped_queries.sql says why).
+--
+-- Picks: hard = the most similar usable neighbours; related = the most similar usable same-cluster
+-- draws scoring below every picked hard negative; easy = the first usable random draws scoring
+-- below every picked hard negative. So positive > hard > related/easy by teacher similarity.
+-- Scores: teacher similarity min-max normalized within the record, times scoring.scale: the
+-- positive gets `scale`, the least similar doc 0 (the OpenSearch sample's own teacher does the
+-- same, giving a per-query spread of 0-30). Only the spread within a record matters to the KL loss.
+-- Order: positive first, then by score descending (see README "Doc order").
+-- Split: by md5 of the positive document's normalized title, so all queries of a document, and
+-- of same-titled documents in other sources, fall in the same split.
+--
+-- @unique: query_id
+-- @not_null: query_id, query, docs, scores, roles, split
+-- @check: len(docs) = len(scores) AND len(docs) = len(roles)
+-- @check: len(docs) = 1 + getvariable('n_hard') + getvariable('n_related') + getvariable('n_easy')
+-- @check: roles[1] = 'positive' AND list_count(list_filter(roles, lambda r: r = 'positive')) = 1
+-- @check: list_min(scores) >= 0 AND list_max(scores) <= getvariable('score_scale')
+WITH ok AS (SELECT * FROM candidates WHERE filter_reason IS NULL),
+pos AS (SELECT * FROM ok WHERE role = 'positive'),
+hard_pick AS (
+    SELECT * FROM ok WHERE role = 'hard'
+    QUALIFY row_number() OVER (PARTITION BY query_id ORDER BY teacher_sim DESC, passage_id) <= getvariable('n_hard')
+),
+hard_stats AS (
+    SELECT query_id, count(*) AS n_hard, min(teacher_sim) AS min_hard FROM hard_pick GROUP BY query_id
+),
+related_pick AS (
+    SELECT ok.* FROM ok JOIN hard_stats h USING (query_id)
+    WHERE ok.role = 'related' AND ok.teacher_sim < h.min_hard
+    QUALIFY row_number() OVER (PARTITION BY query_id ORDER BY teacher_sim DESC, passage_id) <= getvariable('n_related')
+),
+easy_pick AS (
+    SELECT ok.* FROM ok JOIN hard_stats h USING (query_id)
+    WHERE ok.role = 'easy' AND ok.teacher_sim < h.min_hard
+    QUALIFY row_number() OVER (PARTITION BY query_id ORDER BY rank) <= getvariable('n_easy')
+),
+picked AS (
+    SELECT * FROM pos
+    UNION ALL SELECT * FROM hard_pick
+    UNION ALL SELECT * FROM related_pick
+    UNION ALL SELECT * FROM easy_pick
+),
+complete AS (
+    SELECT query_id FROM picked GROUP BY query_id
+    HAVING count_if(role = 'positive') = 1
+       AND count_if(role = 'hard') = getvariable('n_hard')
+       AND count_if(role = 'related') = getvariable('n_related')
+       AND count_if(role = 'easy') = getvariable('n_easy')
+),
+scored AS (
+    SELECT p.*,
+           coalesce(CASE WHEN p.role = 'positive' THEN q.positive_text END, ps.text) AS text,
+           round(getvariable('score_scale') * (p.teacher_sim - min(p.teacher_sim) OVER w)
+                 / nullif(max(p.teacher_sim) OVER w - min(p.teacher_sim) OVER w, 0),
+                 getvariable('score_decimals')) AS score,
+           CASE p.role WHEN 'positive' THEN 0 WHEN 'hard' THEN 1 WHEN 'related' THEN 2 ELSE 3 END AS role_order
+    FROM picked p
+    JOIN complete USING (query_id)
+    JOIN queries q USING (query_id)
+    JOIN passages ps ON ps.passage_id = p.passage_id
+    WINDOW w AS (PARTITION BY p.query_id)
+)
+SELECT s.query_id, q.query, q.method, q.source, q.doc_id,
+       CASE WHEN (md5_number(lower(d.title)) % 1000000) < getvariable('val_fraction') * 1000000
+            THEN 'val' ELSE 'train' END AS split,
+       list(s.text ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS docs,
+       list(s.score ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS scores,
+       list(s.role ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS roles,
+       list(s.passage_id ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS passage_ids,
+       list(round(s.teacher_sim, 6) ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS teacher_sims
+FROM scored s
+JOIN queries q USING (query_id)
+JOIN documents d ON d.doc_id = q.doc_id
+GROUP BY ALL
+ORDER BY s.query_id

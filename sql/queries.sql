@@ -1,0 +1,59 @@
+-- Layer queries: one row per (query, positive passage).
+--   title           the document title -> the document's first passage (its lead / summary).
+--   first_sentence  the first sentence of the first passage -> the rest of that passage
+--                   (positive_text: the sentence is removed, else the pair would be trivial).
+--   query_file      user questions from [[query_files]] (loaded into user_queries by the runner).
+-- query_id = <method>:<md5 of query text and positive passage id>, stable across runs.
+-- Methods are chosen by queries.methods; queries.max_per_source caps each (source, method).
+--
+-- @unique: query_id
+-- @not_null: query_id, method, query, doc_id, source, positive_passage_id
+-- @check: length(query) BETWEEN getvariable('query_min_chars') AND getvariable('query_max_chars')
+-- @check: positive_text IS NULL OR length(positive_text) >= getvariable('query_min_positive_chars')
+WITH lead AS (
+    SELECT p.passage_id, p.doc_id, p.source, p.title, p.text
+    FROM passages p
+    WHERE p.chunk_no = 0
+),
+title_q AS (
+    SELECT 'title' AS method, title AS query, doc_id, source, passage_id AS positive_passage_id,
+           NULL::VARCHAR AS positive_text
+    FROM lead
+    WHERE list_contains(getvariable('query_methods'), 'title')
+),
+first_sent AS (
+    SELECT doc_id, source, passage_id,
+           regexp_extract(text, '^(.+?[.!?。…])(\s|$)', 1) AS sentence, text
+    FROM lead
+    WHERE list_contains(getvariable('query_methods'), 'first_sentence')
+),
+first_q AS (
+    SELECT 'first_sentence' AS method, sentence AS query, doc_id, source, passage_id AS positive_passage_id,
+           trim(substr(text, length(sentence) + 1)) AS positive_text
+    FROM first_sent
+    WHERE sentence <> ''
+),
+file_q AS (
+    SELECT 'query_file' AS method, query, doc_id, source, positive_passage_id, NULL::VARCHAR AS positive_text
+    FROM user_queries
+    WHERE reject_reason IS NULL
+),
+all_q AS (
+    SELECT * FROM title_q
+    UNION ALL SELECT * FROM first_q
+    UNION ALL SELECT * FROM file_q
+),
+valid AS (
+    SELECT method || ':' || left(md5(query || chr(31) || positive_passage_id), 16) AS query_id, *
+    FROM all_q
+    WHERE length(query) BETWEEN getvariable('query_min_chars') AND getvariable('query_max_chars')
+      AND (positive_text IS NULL OR length(positive_text) >= getvariable('query_min_positive_chars'))
+),
+capped AS (
+    SELECT *, row_number() OVER (PARTITION BY source, method ORDER BY md5(query_id || getvariable('seed'))) AS pick
+    FROM valid
+)
+SELECT query_id, method, query, doc_id, source, positive_passage_id, positive_text
+FROM capped
+WHERE getvariable('query_max_per_source') = 0 OR pick <= getvariable('query_max_per_source')
+ORDER BY query_id

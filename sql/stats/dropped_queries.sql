@@ -1,0 +1,26 @@
+-- Queries that produced no training record, by the first slot they could not fill.
+-- Columns: reason, n.
+WITH usable AS (
+    SELECT query_id, role, count(*) AS n FROM candidates WHERE filter_reason IS NULL GROUP BY ALL
+),
+per_query AS (
+    SELECT q.query_id,
+           coalesce(max(n) FILTER (WHERE role = 'positive'), 0) AS pos,
+           coalesce(max(n) FILTER (WHERE role = 'hard'), 0) AS hard,
+           coalesce(max(n) FILTER (WHERE role = 'related'), 0) AS related,
+           coalesce(max(n) FILTER (WHERE role = 'easy'), 0) AS easy
+    FROM queries q LEFT JOIN usable u USING (query_id)
+    GROUP BY q.query_id
+)
+SELECT CASE
+           WHEN pos = 0 THEN 'no_positive'
+           WHEN hard < getvariable('n_hard') THEN 'not_enough_hard_negatives'
+           WHEN related < getvariable('n_related') THEN 'not_enough_related_negatives'
+           WHEN easy < getvariable('n_easy') THEN 'not_enough_easy_negatives'
+           ELSE 'negatives_not_below_hard'
+       END AS reason,
+       count(*) AS n
+FROM per_query
+WHERE query_id NOT IN (SELECT query_id FROM examples)
+GROUP BY 1
+ORDER BY 1
