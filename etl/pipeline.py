@@ -111,6 +111,15 @@ def _query_file_rows(ctx: Context, out: Path) -> dict[str, Any]:
     return queryfiles.write_query_file_rows(ctx.cfg, out)
 
 
+def _llm_questions(ctx: Context, out: Path) -> dict[str, Any]:
+    from . import llm
+
+    if "llm" not in ctx.cfg.queries.methods:
+        llm.write_empty(out)
+        return {"enabled": False}
+    return llm.write_llm_questions(ctx.cfg, ctx.wh.con, out, ctx.wh.root / "cache" / "llm", ctx.progress)
+
+
 def _embeddings_dir(ctx: Context) -> Path:
     return ctx.cfg.export_dir / "embeddings"
 
@@ -146,7 +155,8 @@ STAGES: list[Stage] = [
     Stage("query_file_rows", (), ("query_files",), python=_query_file_rows,
           contract=Contract(not_null=["name", "file", "line_no"])),
     Stage("user_queries", ("query_file_rows", "documents", "passages")),
-    Stage("queries", ("passages", "user_queries"), ("queries", "run.seed")),
+    Stage("llm_questions", ("passages",), ("queries.methods", "llm", "run.seed"), python=_llm_questions),
+    Stage("queries", ("passages", "user_queries", "llm_questions"), ("queries", "run.seed")),
     Stage("passage_embeddings", ("passages",), ("embedding.model", "embedding.max_chars"), embeds=True),
     Stage("query_embeddings", ("queries",), ("embedding.model", "embedding.max_chars"), embeds=True),
     Stage("neighbours", ("passage_embeddings", "query_embeddings"), ("mining", "paths.export"),

@@ -2,6 +2,7 @@
 --   title           the document title -> the document's first passage (its lead / summary).
 --   first_sentence  the first sentence of the first passage -> the rest of that passage
 --                   (positive_text: the sentence is removed, else the pair would be trivial).
+--   llm             questions generated per passage by an LLM (layer llm_questions, etl/llm.py).
 --   query_file      user questions from [[query_files]] (loaded into user_queries by the runner).
 -- query_id = <method>:<md5 of query text and positive passage id>, stable across runs.
 -- Methods are chosen by queries.methods; queries.max_per_source caps each (source, method).
@@ -33,6 +34,11 @@ first_q AS (
     FROM first_sent
     WHERE sentence <> ''
 ),
+llm_q AS (
+    SELECT 'llm' AS method, query, doc_id, source, passage_id AS positive_passage_id, NULL::VARCHAR AS positive_text
+    FROM llm_questions
+    WHERE status = 'ok' AND list_contains(getvariable('query_methods'), 'llm')
+),
 file_q AS (
     SELECT 'query_file' AS method, query, doc_id, source, positive_passage_id, NULL::VARCHAR AS positive_text
     FROM user_queries
@@ -41,6 +47,7 @@ file_q AS (
 all_q AS (
     SELECT * FROM title_q
     UNION ALL SELECT * FROM first_q
+    UNION ALL SELECT * FROM llm_q
     UNION ALL SELECT * FROM file_q
 ),
 valid AS (
