@@ -58,7 +58,7 @@ s6 AS (  -- [[target|label]] -> label, [[target]] -> target
 s7 AS (  -- [br] -> newline; other macros (after links, so [[x]] is not taken for [x]) [include(...)], [age(...)], [목차], [date] -> removed
     SELECT * REPLACE (regexp_replace(regexp_replace(raw_text,
         '\[(br|BR)\]', chr(10), 'g'),
-        '\[[A-Za-z가-힣_]+(\([^)\]]*\))?\]', '', 'g') AS raw_text) FROM s6
+        '\[[A-Za-z가-힣_]+(\((?:[^()\]]|\([^()]*\))*\))?\]', '', 'g') AS raw_text) FROM s6
 ),
 s8 AS (  -- headings (NamuMark "== x ==", MediaWiki " = = x = = ") become paragraph breaks
     SELECT * REPLACE (regexp_replace(raw_text,

@@ -1,6 +1,6 @@
 -- Layer passages: documents cut into passages at sentence / line boundaries.
 --
--- 1. A sentence ends after . ! ? 。 … followed by whitespace, or at a line break.
+-- 1. A sentence ends after . ! ? 。 … followed by a space, or at a line break (kept as a newline).
 -- 2. A sentence longer than piece = max - target - min characters is cut into pieces of that size.
 -- 3. Each piece gets its start offset in the document; passage = floor(offset / target). So a
 --    passage starts before `target` characters are filled and can overshoot by at most one piece.
@@ -17,19 +17,27 @@ WITH params AS (
 ),
 split AS (
     SELECT doc_id, source, title,
-           string_split(regexp_replace(text, '([.!?。…])\s+|\s*\n\s*', '\1' || chr(31), 'g'), chr(31)) AS sents
+           -- a line break becomes chr(30) + boundary, so passages keep their line structure
+           string_split(regexp_replace(regexp_replace(text, '\s*\n\s*', chr(30) || chr(31), 'g'),
+                                       '([.!?。…]) +', '\1' || chr(31), 'g'), chr(31)) AS sents
     FROM documents
 ),
 sentences AS (
     SELECT doc_id, source, title, unnest(sents) AS sentence, generate_subscripts(sents, 1) AS sent_no
     FROM split
 ),
+marked AS (  -- line_end: the sentence ended a line; joined back with a newline instead of a space
+    SELECT doc_id, source, title, sent_no, ends_with(sentence, chr(30)) AS line_end,
+           trim(replace(sentence, chr(30), '')) AS sentence
+    FROM sentences
+),
 pieces AS (  -- over-long sentences cut into pieces of at most `piece` characters
     SELECT s.doc_id, s.source, s.title, s.sent_no, r.piece_no,
-           substr(s.sentence, 1 + r.piece_no * p.piece, p.piece) AS piece
-    FROM sentences s, params p,
+           substr(s.sentence, 1 + r.piece_no * p.piece, p.piece) AS piece,
+           s.line_end AND r.piece_no = ceil(length(s.sentence) / p.piece)::BIGINT - 1 AS line_end
+    FROM marked s, params p,
          LATERAL (SELECT unnest(range(0, greatest(1, ceil(length(s.sentence) / p.piece)::BIGINT))) AS piece_no) r
-    WHERE length(trim(s.sentence)) > 0
+    WHERE length(s.sentence) > 0
 ),
 offsets AS (
     SELECT *,
@@ -43,7 +51,9 @@ numbered AS (
 ),
 chunks AS (
     SELECT doc_id, source, title, raw_chunk,
-           string_agg(piece, ' ' ORDER BY sent_no, piece_no) AS text
+           -- pieces joined by a space, or a newline after a line end; the trailing separator is cut
+           rtrim(string_agg(piece || CASE WHEN line_end THEN chr(10) ELSE ' ' END, '' ORDER BY sent_no, piece_no),
+                 ' ' || chr(10)) AS text
     FROM numbered
     GROUP BY ALL
 ),
@@ -62,7 +72,7 @@ merged AS (  -- a short trailing chunk joins the previous one
     FROM ranked
 )
 SELECT doc_id || '#' || chunk_no AS passage_id, doc_id, source, title, chunk_no::INTEGER AS chunk_no,
-       string_agg(text, ' ' ORDER BY chunk_rank) AS text
+       string_agg(text, chr(10) ORDER BY chunk_rank) AS text
 FROM merged
 GROUP BY doc_id, source, title, chunk_no
 ORDER BY passage_id

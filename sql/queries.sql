@@ -22,17 +22,20 @@ title_q AS (
     FROM lead
     WHERE list_contains(getvariable('query_methods'), 'title')
 ),
-first_sent AS (
-    SELECT doc_id, source, passage_id,
-           regexp_extract(text, '^(.+?[.!?。…])(\s|$)', 1) AS sentence, text
+first_sent AS (  -- the first sentence ending in . ! ? 。 … with >= 10 characters (skips infobox lines)
+    SELECT doc_id, source, passage_id, text,
+           list_filter(
+               string_split(regexp_replace(text, '([.!?。…]) +|\s*\n\s*', '\1' || chr(31), 'g'), chr(31)),
+               lambda s: length(s) >= 10 AND regexp_matches(s, '[.!?。…]$'))[1] AS sentence
     FROM lead
     WHERE list_contains(getvariable('query_methods'), 'first_sentence')
 ),
 first_q AS (
     SELECT 'first_sentence' AS method, sentence AS query, doc_id, source, passage_id AS positive_passage_id,
-           trim(substr(text, length(sentence) + 1)) AS positive_text
+           trim(regexp_replace(left(text, strpos(text, sentence) - 1) || substr(text, strpos(text, sentence) + length(sentence)),
+                               '  +', ' ', 'g')) AS positive_text
     FROM first_sent
-    WHERE sentence <> ''
+    WHERE sentence IS NOT NULL
 ),
 llm_q AS (
     SELECT 'llm' AS method, query, doc_id, source, passage_id AS positive_passage_id, NULL::VARCHAR AS positive_text
