@@ -28,9 +28,11 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{meta['docs_per_query']} docs each, in {meta['wall_seconds']}s")
     filters = meta.get("candidate_filters", {})
     if filters:
-        cand_total = meta["layers"].get("candidates", 0)
+        cand_total = meta.get("candidates_considered", 0)
         for reason, n in filters.items():
             print(f"Skipped {n:,} candidates ({100.0 * n / max(cand_total, 1):.1f}%) by {reason}")
+    if meta.get("queries_with_deep_negatives"):
+        print(f"Searched deeper than rank {cfg.mining.top_k} for {meta['queries_with_deep_negatives']:,} queries")
     for reason, n in meta.get("dropped_queries", {}).items():
         print(f"Dropped {n:,} queries: {reason}")
     for reason, n in meta.get("quarantine", {}).items():

@@ -140,7 +140,8 @@ class EmbeddingConfig:
 class MiningConfig:
     """Nearest-neighbour search with usearch."""
 
-    top_k: int = 30
+    top_k: int = 30  # rank window end: hard negatives come from ranks skip_top+1 .. top_k first
+    search_depth: int = 60  # neighbours retrieved per query; ranks past top_k are used only when a query is short
     skip_top: int = 0  # ignore the r highest-ranked candidates (rank window start)
     exact_below: int = 50_000  # brute-force exact search when there are fewer passages
     dtype: str = "f32"  # f32 | f16 | i8 | bf16 ; set explicitly (REFERENCE.md section 4)
@@ -166,6 +167,30 @@ class NegativesConfig:
     related: int = 0
     easy: int = 2
     easy_pool: int = 16  # random draws per query to find `easy` usable ones
+
+
+@dataclass
+class FiltersConfig:
+    """False-negative control (positive-aware filtering, as in sentence-transformers' mine_hard_negatives)."""
+
+    relative_margin: float = 0.05  # drop if score > positive - |positive| * margin (NV-Retriever: 0.05); 0 = off
+    absolute_margin: float = 0.0  # drop if score + margin > positive; 0 = off
+    near_duplicate_cosine: float = 0.98  # drop if cosine(candidate, positive passage) >= this; 1 = off
+    positive_max_rank: int = 20  # flag queries whose positive ranks below this among all passages; 0 = off
+    drop_low_rank_positives: bool = True  # ... and drop them (noisy title / first-sentence queries)
+
+
+@dataclass
+class TeacherConfig:
+    """Who scores the candidates: the bi-encoder, a cross-encoder, or both (ensemble)."""
+
+    kind: str = "biencoder"  # biencoder | cross_encoder | ensemble
+    cross_encoder: str = ""  # sentence-transformers CrossEncoder: local path or hub name
+    batch_size: int = 64
+    device: str = "auto"
+    fp16: bool = True
+    max_chars: int = 2000
+    max_candidates: int = 20  # usable hard candidates per query sent to the teacher (by rank)
 
 
 @dataclass
@@ -200,6 +225,8 @@ class Config:
     mining: MiningConfig = field(default_factory=MiningConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
 
@@ -363,6 +390,20 @@ def validate(cfg: Config) -> None:
     need(m.top_k - m.skip_top >= n.hard, "mining.top_k",
          f"top_k - skip_top = {m.top_k - m.skip_top} leaves fewer candidates than negatives.hard = {n.hard}")
     need(n.easy_pool >= n.easy, "negatives.easy_pool", "must be >= negatives.easy")
+    need(m.search_depth >= m.top_k, "mining.search_depth", "must be >= mining.top_k")
+    f = cfg.filters
+    need(0.0 <= f.relative_margin < 1.0, "filters.relative_margin", "must be in [0, 1)")
+    need(f.absolute_margin >= 0.0, "filters.absolute_margin", "must be >= 0")
+    need(0.0 < f.near_duplicate_cosine <= 1.0, "filters.near_duplicate_cosine", "must be in (0, 1]")
+    need(0 <= f.positive_max_rank <= m.search_depth, "filters.positive_max_rank",
+         f"must be in [0, mining.search_depth = {m.search_depth}] (0 = off)")
+    t = cfg.teacher
+    need(t.kind in ("biencoder", "cross_encoder", "ensemble"), "teacher.kind",
+         "must be biencoder, cross_encoder or ensemble")
+    need(t.kind == "biencoder" or bool(t.cross_encoder), "teacher.cross_encoder",
+         f"required when teacher.kind = {t.kind!r}")
+    need(t.batch_size >= 1, "teacher.batch_size", "must be >= 1")
+    need(t.max_candidates >= n.hard, "teacher.max_candidates", f"must be >= negatives.hard = {n.hard}")
     need(cfg.clustering.k >= 0, "clustering.k", "must be >= 0 (0 = auto)")
     need(cfg.scoring.scale > 0, "scoring.scale", "must be > 0")
     need(0 <= cfg.scoring.decimals <= 8, "scoring.decimals", "must be in [0, 8]")

@@ -52,7 +52,14 @@ def _stats(ctx: Context) -> dict[str, Any]:
         "queries_by_source": by("SELECT source, count(*) FROM examples GROUP BY 1 ORDER BY 1"),
         "quarantine": by("SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 1"),
         "candidate_filters": by(
-            "SELECT filter_reason, count(*) FROM candidates WHERE filter_reason IS NOT NULL GROUP BY 1 ORDER BY 1"),
+            "SELECT filter_reason, count(*) FROM (SELECT filter_reason FROM candidates UNION ALL "
+            "SELECT filter_reason FROM scored_candidates) WHERE filter_reason IS NOT NULL GROUP BY 1 ORDER BY 1"),
+        "candidates_considered": int(con.execute("SELECT count(*) FROM candidates").fetchall()[0][0]),
+        "queries_with_deep_negatives": int(con.execute(
+            "SELECT count(*) FROM examples WHERE deep_hard_negatives > 0").fetchall()[0][0]),
+        "positive_rank_flagged": int(con.execute(
+            "SELECT count(*) FROM candidates WHERE role = 'positive' AND getvariable('positive_max_rank') > 0"
+            " AND positive_rank > getvariable('positive_max_rank')").fetchall()[0][0]),
         "dropped_queries": by(read_stats_sql(ctx.cfg.sql_dir, "dropped_queries")),
         "user_query_rejects": by(
             "SELECT reject_reason, count(*) FROM user_queries WHERE reject_reason IS NOT NULL GROUP BY 1 ORDER BY 1"),

@@ -117,7 +117,7 @@ def write_neighbours(out: Path, passages_npy: Path, passage_ids: list[str], quer
     try:
         for start in tqdm(range(0, len(Q), 4096), desc="neighbours", disable=not progress):
             q = np.ascontiguousarray(Q[start : start + 4096])
-            rows, sims = search(index, P, q, cfg.top_k, exact)
+            rows, sims = search(index, P, q, cfg.search_depth, exact)
             qi, rank = np.nonzero(rows >= 0)
             table = pa.table({
                 "query_id": pa.array([query_ids[start + i] for i in qi], pa.string()),

@@ -120,6 +120,12 @@ def _llm_questions(ctx: Context, out: Path) -> dict[str, Any]:
     return llm.write_llm_questions(ctx.cfg, ctx.wh.con, out, ctx.wh.root / "cache" / "llm", ctx.progress)
 
 
+def _teacher_scores(ctx: Context, out: Path) -> dict[str, Any]:
+    from . import teacher
+
+    return teacher.write_teacher_scores(ctx.cfg, ctx.wh.con, out, ctx.progress)
+
+
 def _embeddings_dir(ctx: Context) -> Path:
     return ctx.cfg.export_dir / "embeddings"
 
@@ -166,9 +172,15 @@ STAGES: list[Stage] = [
     Stage("clusters", ("passage_embeddings",), ("clustering", "run.seed"), python=_clusters,
           contract=Contract(unique=[["passage_id"]], not_null=["passage_id", "cluster_id"])),
     Stage("candidates", ("queries", "query_embeddings", "passage_embeddings", "neighbours", "clusters", "documents"),
-          ("negatives", "mining.skip_top", "run.seed")),
-    Stage("examples", ("candidates", "queries", "passages", "documents"),
-          ("negatives", "scoring", "split", "run.seed")),
+          ("negatives", "mining.skip_top", "filters.near_duplicate_cosine", "filters.positive_max_rank",
+           "filters.drop_low_rank_positives", "run.seed")),
+    Stage("teacher_scores", ("candidates", "queries", "passages"), ("teacher", "mining.top_k"),
+          python=_teacher_scores,
+          contract=Contract(unique=[["query_id", "role", "rank"]], not_null=["query_id", "teacher_score"],
+                            checks=["isfinite(teacher_score)"])),
+    Stage("scored_candidates", ("teacher_scores",), ("filters.relative_margin", "filters.absolute_margin")),
+    Stage("examples", ("scored_candidates", "queries", "passages", "documents"),
+          ("negatives", "scoring", "split", "run.seed", "mining.top_k")),
 ]
 STAGE_NAMES = [s.name for s in STAGES] + ["export"]
 

@@ -1,38 +1,75 @@
--- Layer candidates: every candidate doc considered for every query, with its teacher similarity
--- and the filter that removed it (filter_reason NULL = usable).
---   positive  the query's positive (passage, or positive_text for first_sentence queries)
---   hard      usearch nearest neighbours of the query (layer neighbours), rank 1..top_k
+-- Layer candidates: every candidate doc considered for every query, with its bi-encoder similarity
+-- and the structural filter that removed it (filter_reason NULL = usable). Score-based filters
+-- (margins to the positive) come later, in scored_candidates.sql, once the teacher has scored.
+--   positive  the query's positive (passage, or positive_text for first_sentence queries); for
+--             query-file lines without a passage_id, the document's passage most similar to the query
+--   hard      usearch nearest neighbours of the query (layer neighbours), rank 1..search_depth
 --   related   random passages of the positive's own k-means cluster, outside the neighbour list
 --   easy      random passages from other clusters, outside the neighbour list
--- teacher_sim = cosine similarity of the e5 query and passage embeddings (the bi-encoder teacher).
+-- teacher_sim = cosine similarity of the e5 query and passage embeddings.
+-- Filters: is_positive, rank_window (rank <= skip_top), same_document, same_title (the same subject
+-- in another source), near_duplicate (same normalized text as the positive passage, or cosine to it
+-- >= filters.near_duplicate_cosine), same_cluster (easy only), in_neighbours, duplicate_draw, and on
+-- the positive itself positive_rank_too_low (more than filters.positive_max_rank passages of other
+-- documents score above it: the query does not retrieve its own passage).
 -- Random draws are md5(query_id, draw, seed) over passage indexes: deterministic, no cross join.
 --
 -- @unique: query_id, role, rank
 -- @not_null: query_id, passage_id, role, rank, teacher_sim
 -- @check: isfinite(teacher_sim)
-WITH q AS (
-    SELECT q.query_id, q.doc_id, q.positive_passage_id, lower(d.title) AS title_key,
-           qe.embedding AS q_emb, coalesce(qe.positive_embedding, pe.embedding) AS pos_emb
+WITH q0 AS (
+    SELECT q.query_id, q.doc_id, q.positive_passage_id, q.positive_fixed, lower(d.title) AS title_key,
+           qe.embedding AS q_emb, qe.positive_embedding
     FROM queries q
     JOIN query_embeddings qe USING (query_id)
-    JOIN passage_embeddings pe ON pe.passage_id = q.positive_passage_id
     JOIN documents d ON d.doc_id = q.doc_id
 ),
-pos AS (
-    SELECT query_id, positive_passage_id AS passage_id, 'positive' AS role, 0 AS rank,
-           list_cosine_similarity(q_emb, pos_emb) AS teacher_sim, NULL::VARCHAR AS filter_reason
-    FROM q
+best AS (  -- teacher-best passage of the document, for queries without a fixed positive
+    SELECT q0.query_id, arg_max(p.passage_id, list_cosine_similarity(q0.q_emb, pe.embedding)) AS passage_id
+    FROM q0
+    JOIN passages p ON p.doc_id = q0.doc_id
+    JOIN passage_embeddings pe ON pe.passage_id = p.passage_id
+    WHERE NOT q0.positive_fixed
+    GROUP BY q0.query_id
+),
+q AS (
+    SELECT q0.* REPLACE (coalesce(best.passage_id, q0.positive_passage_id) AS positive_passage_id),
+           pe.embedding AS pos_passage_emb,
+           coalesce(q0.positive_embedding, pe.embedding) AS pos_emb,
+           lower(regexp_replace(ps.text, '\s+', '', 'g')) AS pos_norm_text
+    FROM q0
+    LEFT JOIN best USING (query_id)
+    JOIN passage_embeddings pe ON pe.passage_id = coalesce(best.passage_id, q0.positive_passage_id)
+    JOIN passages ps ON ps.passage_id = pe.passage_id
 ),
 lib AS (  -- every passage with its global and in-cluster index, for deterministic random draws
     SELECT p.passage_id, p.doc_id, lower(p.title) AS title_key, c.cluster_id,
+           lower(regexp_replace(p.text, '\s+', '', 'g')) AS norm_text,
            row_number() OVER (ORDER BY p.passage_id) - 1 AS idx,
            row_number() OVER (PARTITION BY c.cluster_id ORDER BY p.passage_id) - 1 AS cidx,
            count(*) OVER (PARTITION BY c.cluster_id) AS csize
     FROM passages p JOIN clusters c USING (passage_id)
 ),
 qx AS (  -- query + positive's cluster + positive similarity
-    SELECT q.*, l.cluster_id AS pos_cluster, l.csize AS pos_csize, pos.teacher_sim AS pos_sim
-    FROM q JOIN lib l ON l.passage_id = q.positive_passage_id JOIN pos USING (query_id)
+    SELECT q.*, l.cluster_id AS pos_cluster, l.csize AS pos_csize,
+           list_cosine_similarity(q.q_emb, q.pos_emb) AS pos_sim
+    FROM q JOIN lib l ON l.passage_id = q.positive_passage_id
+),
+pos_rank AS (  -- 1 + passages of other documents scoring above the positive (capped by search_depth)
+    SELECT qx.query_id, 1 + count(l.passage_id) AS positive_rank
+    FROM qx
+    LEFT JOIN neighbours n ON n.query_id = qx.query_id AND n.similarity > qx.pos_sim
+    LEFT JOIN lib l ON l.passage_id = n.passage_id AND l.doc_id <> qx.doc_id AND l.title_key <> qx.title_key
+    GROUP BY qx.query_id
+),
+pos AS (
+    SELECT qx.query_id, qx.positive_passage_id AS passage_id, 'positive' AS role, 0 AS rank,
+           qx.pos_sim AS teacher_sim,
+           CASE WHEN getvariable('positive_max_rank') > 0 AND getvariable('drop_low_rank_positives')
+                     AND r.positive_rank > getvariable('positive_max_rank')
+                THEN 'positive_rank_too_low' END AS filter_reason,
+           r.positive_rank
+    FROM qx JOIN pos_rank r USING (query_id)
 ),
 hard AS (
     SELECT n.query_id, n.passage_id, 'hard' AS role, n.rank, n.similarity AS teacher_sim,
@@ -41,9 +78,15 @@ hard AS (
             WHEN n.rank <= getvariable('skip_top') THEN 'rank_window'
             WHEN l.doc_id = qx.doc_id THEN 'same_document'
             WHEN l.title_key = qx.title_key THEN 'same_title'
-            WHEN n.similarity >= qx.pos_sim THEN 'scored_above_positive'
-        END AS filter_reason
-    FROM neighbours n JOIN qx USING (query_id) JOIN lib l USING (passage_id)
+            WHEN l.norm_text = qx.pos_norm_text
+                 OR list_cosine_similarity(pe.embedding, qx.pos_passage_emb) >= getvariable('near_duplicate_cosine')
+                THEN 'near_duplicate'
+        END AS filter_reason,
+        NULL::BIGINT AS positive_rank
+    FROM neighbours n
+    JOIN qx USING (query_id)
+    JOIN lib l USING (passage_id)
+    JOIN passage_embeddings pe ON pe.passage_id = n.passage_id
 ),
 n_lib AS (SELECT count(*) AS n FROM lib),
 draws AS (
@@ -53,11 +96,14 @@ draws AS (
     FROM qx, n_lib, range(getvariable('easy_pool')) t(draw)
 ),
 easy_raw AS (
-    SELECT d.query_id, l.passage_id, 'easy' AS role, d.draw + 1 AS rank, l.doc_id, l.title_key, l.cluster_id
+    SELECT d.query_id, l.passage_id, 'easy' AS role, d.draw + 1 AS rank, l.doc_id, l.title_key, l.cluster_id,
+           l.norm_text
     FROM draws d JOIN lib l ON l.idx = d.idx
+    WHERE getvariable('n_easy') > 0
 ),
 related_raw AS (
-    SELECT d.query_id, l.passage_id, 'related' AS role, d.draw + 1 AS rank, l.doc_id, l.title_key, l.cluster_id
+    SELECT d.query_id, l.passage_id, 'related' AS role, d.draw + 1 AS rank, l.doc_id, l.title_key, l.cluster_id,
+           l.norm_text
     FROM draws d JOIN qx USING (query_id) JOIN lib l ON l.cluster_id = qx.pos_cluster AND l.cidx = d.cidx
     WHERE getvariable('n_related') > 0
 ),
@@ -68,12 +114,16 @@ drawn AS (
                WHEN r.passage_id = qx.positive_passage_id THEN 'is_positive'
                WHEN r.doc_id = qx.doc_id THEN 'same_document'
                WHEN r.title_key = qx.title_key THEN 'same_title'
+               WHEN r.norm_text = qx.pos_norm_text
+                    OR list_cosine_similarity(pe.embedding, qx.pos_passage_emb) >= getvariable('near_duplicate_cosine')
+                   THEN 'near_duplicate'
                WHEN r.role = 'easy' AND r.cluster_id = qx.pos_cluster THEN 'same_cluster'
                WHEN EXISTS (SELECT 1 FROM neighbours n WHERE n.query_id = r.query_id AND n.passage_id = r.passage_id)
                    THEN 'in_neighbours'
                WHEN row_number() OVER (PARTITION BY r.query_id, r.role, r.passage_id ORDER BY r.rank) > 1
                    THEN 'duplicate_draw'
-           END AS filter_reason
+           END AS filter_reason,
+           NULL::BIGINT AS positive_rank
     FROM (SELECT * FROM easy_raw UNION ALL SELECT * FROM related_raw) r
     JOIN qx USING (query_id)
     JOIN passage_embeddings pe ON pe.passage_id = r.passage_id

@@ -2,10 +2,12 @@
 -- + negatives.related related + negatives.easy easy negatives, or no record at all (a query that
 -- cannot fill every slot is dropped, never padded; sql/stats/dropped_queries.sql says why).
 --
--- Picks: hard = the most similar usable neighbours; related = the most similar usable same-cluster
--- draws scoring below every picked hard negative; easy = the first usable random draws scoring
--- below every picked hard negative. So positive > hard > related/easy by teacher similarity.
--- Scores: teacher similarity min-max normalized within the record, times scoring.scale: the
+-- Picks (from scored_candidates, usable rows): hard = the best-scored usable neighbours within the
+-- rank window (ranks up to mining.top_k), deeper ranks only when the window cannot fill the slots;
+-- related = the best-scored usable same-cluster draws scoring below every picked hard negative;
+-- easy = the first usable random draws scoring below every picked hard negative.
+-- So positive > hard > related/easy by teacher score.
+-- Scores: teacher score min-max normalized within the record, times scoring.scale: the
 -- positive gets `scale`, the least similar doc 0 (the OpenSearch sample's own teacher does the
 -- same, giving a per-query spread of 0-30). Only the spread within a record matters to the KL loss.
 -- Order: positive first, then by score descending (see README "Doc order").
@@ -18,14 +20,16 @@
 -- @check: len(docs) = 1 + getvariable('n_hard') + getvariable('n_related') + getvariable('n_easy')
 -- @check: roles[1] = 'positive' AND list_count(list_filter(roles, lambda r: r = 'positive')) = 1
 -- @check: list_min(scores) >= 0 AND list_max(scores) <= getvariable('score_scale')
-WITH ok AS (SELECT * FROM candidates WHERE filter_reason IS NULL),
+WITH ok AS (SELECT *, teacher_score AS teacher_sim FROM scored_candidates WHERE filter_reason IS NULL),
 pos AS (SELECT * FROM ok WHERE role = 'positive'),
 hard_pick AS (
     SELECT * FROM ok WHERE role = 'hard'
-    QUALIFY row_number() OVER (PARTITION BY query_id ORDER BY teacher_sim DESC, passage_id) <= getvariable('n_hard')
+    QUALIFY row_number() OVER (PARTITION BY query_id
+                               ORDER BY rank > getvariable('top_k'), teacher_sim DESC, passage_id) <= getvariable('n_hard')
 ),
 hard_stats AS (
-    SELECT query_id, count(*) AS n_hard, min(teacher_sim) AS min_hard FROM hard_pick GROUP BY query_id
+    SELECT query_id, count(*) AS n_hard, min(teacher_sim) AS min_hard, count_if(rank > getvariable('top_k')) AS n_deep
+    FROM hard_pick GROUP BY query_id
 ),
 related_pick AS (
     SELECT ok.* FROM ok JOIN hard_stats h USING (query_id)
@@ -70,8 +74,11 @@ SELECT s.query_id, q.query, q.method, q.source, q.doc_id,
        list(s.score ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS scores,
        list(s.role ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS roles,
        list(s.passage_id ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS passage_ids,
-       list(round(s.teacher_sim, 6) ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS teacher_sims
+       list(round(s.teacher_sim, 6) ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS teacher_scores,
+       list(round(s.bi_score, 6) ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS teacher_sims,
+       any_value(h.n_deep) AS deep_hard_negatives
 FROM scored s
+JOIN hard_stats h USING (query_id)
 JOIN queries q USING (query_id)
 JOIN documents d ON d.doc_id = q.doc_id
 GROUP BY ALL

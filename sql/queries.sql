@@ -8,7 +8,9 @@
 -- Methods are chosen by queries.methods; queries.max_per_source caps each (source, method).
 --
 -- @unique: query_id
--- @not_null: query_id, method, query, doc_id, source, positive_passage_id
+-- positive_fixed = false: the positive is the document's passage the teacher scores highest (resolved
+-- in candidates.sql, once embeddings exist); positive_passage_id is then the doc's first passage.
+-- @not_null: query_id, method, query, doc_id, source, positive_passage_id, positive_fixed
 -- @check: length(query) BETWEEN getvariable('query_min_chars') AND getvariable('query_max_chars')
 -- @check: positive_text IS NULL OR length(positive_text) >= getvariable('query_min_positive_chars')
 WITH lead AS (
@@ -18,7 +20,7 @@ WITH lead AS (
 ),
 title_q AS (
     SELECT 'title' AS method, title AS query, doc_id, source, passage_id AS positive_passage_id,
-           NULL::VARCHAR AS positive_text
+           NULL::VARCHAR AS positive_text, true AS positive_fixed
     FROM lead
     WHERE list_contains(getvariable('query_methods'), 'title')
 ),
@@ -33,17 +35,19 @@ first_sent AS (  -- the first sentence ending in . ! ? 。 … with >= 10 charac
 first_q AS (
     SELECT 'first_sentence' AS method, sentence AS query, doc_id, source, passage_id AS positive_passage_id,
            trim(regexp_replace(left(text, strpos(text, sentence) - 1) || substr(text, strpos(text, sentence) + length(sentence)),
-                               '  +', ' ', 'g')) AS positive_text
+                               '  +', ' ', 'g')) AS positive_text, true AS positive_fixed
     FROM first_sent
     WHERE sentence IS NOT NULL
 ),
 llm_q AS (
-    SELECT 'llm' AS method, query, doc_id, source, passage_id AS positive_passage_id, NULL::VARCHAR AS positive_text
+    SELECT 'llm' AS method, query, doc_id, source, passage_id AS positive_passage_id, NULL::VARCHAR AS positive_text,
+           true AS positive_fixed
     FROM llm_questions
     WHERE status = 'ok' AND list_contains(getvariable('query_methods'), 'llm')
 ),
 file_q AS (
-    SELECT 'query_file' AS method, query, doc_id, source, positive_passage_id, NULL::VARCHAR AS positive_text
+    SELECT 'query_file' AS method, query, doc_id, source, positive_passage_id, NULL::VARCHAR AS positive_text,
+           positive_fixed
     FROM user_queries
     WHERE reject_reason IS NULL
 ),
@@ -63,7 +67,7 @@ capped AS (
     SELECT *, row_number() OVER (PARTITION BY source, method ORDER BY md5(query_id || getvariable('seed'))) AS pick
     FROM valid
 )
-SELECT query_id, method, query, doc_id, source, positive_passage_id, positive_text
+SELECT query_id, method, query, doc_id, source, positive_passage_id, positive_text, positive_fixed
 FROM capped
 WHERE getvariable('query_max_per_source') = 0 OR pick <= getvariable('query_max_per_source')
 ORDER BY query_id

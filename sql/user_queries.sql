@@ -1,6 +1,6 @@
 -- Layer user_queries: query-file lines resolved against the corpus.
 -- doc_id may be our "<source>:<id>" or a source's original id when that is unambiguous.
--- The positive is passage_id when given, else the document's first passage.
+-- The positive is passage_id when given, else the document's passage the teacher scores highest.
 -- Unresolvable lines keep a reject_reason (unknown_doc_id, ambiguous_doc_id, unknown_passage_id,
 -- passage_not_in_doc) and are reported; queries.sql uses the resolved ones only.
 -- @not_null: name, file, line_no
@@ -23,7 +23,10 @@ resolved AS (
     LEFT JOIN passages p ON p.passage_id = r.passage_id
 )
 SELECT x.name, x.file, x.line_no, x.query, x.doc_id, d.source,
+       -- without a passage_id the positive is resolved in candidates.sql: the doc's passage the teacher
+       -- scores highest; doc#0 is the placeholder until then
        CASE WHEN x.reject_reason IS NULL THEN coalesce(x.passage_id, x.doc_id || '#0') END AS positive_passage_id,
+       x.passage_id IS NOT NULL AS positive_fixed,
        CASE
            WHEN x.reject_reason IS NOT NULL THEN x.reject_reason
            WHEN x.passage_id IS NOT NULL AND x.passage_doc IS NULL THEN 'unknown_passage_id'

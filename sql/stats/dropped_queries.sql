@@ -1,18 +1,22 @@
 -- Queries that produced no training record, by the first slot they could not fill.
 -- Columns: reason, n.
 WITH usable AS (
-    SELECT query_id, role, count(*) AS n FROM candidates WHERE filter_reason IS NULL GROUP BY ALL
+    SELECT query_id, role, count(*) AS n FROM scored_candidates WHERE filter_reason IS NULL GROUP BY ALL
+),
+flagged AS (
+    SELECT query_id, filter_reason FROM candidates WHERE role = 'positive' AND filter_reason IS NOT NULL
 ),
 per_query AS (
-    SELECT q.query_id,
+    SELECT q.query_id, any_value(f.filter_reason) AS pos_flag,
            coalesce(max(n) FILTER (WHERE role = 'positive'), 0) AS pos,
            coalesce(max(n) FILTER (WHERE role = 'hard'), 0) AS hard,
            coalesce(max(n) FILTER (WHERE role = 'related'), 0) AS related,
            coalesce(max(n) FILTER (WHERE role = 'easy'), 0) AS easy
-    FROM queries q LEFT JOIN usable u USING (query_id)
+    FROM queries q LEFT JOIN usable u USING (query_id) LEFT JOIN flagged f USING (query_id)
     GROUP BY q.query_id
 )
 SELECT CASE
+           WHEN pos_flag IS NOT NULL THEN pos_flag
            WHEN pos = 0 THEN 'no_positive'
            WHEN hard < getvariable('n_hard') THEN 'not_enough_hard_negatives'
            WHEN related < getvariable('n_related') THEN 'not_enough_related_negatives'
