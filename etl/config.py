@@ -173,6 +173,7 @@ class NegativesConfig:
 class FiltersConfig:
     """False-negative control (positive-aware filtering, as in sentence-transformers' mine_hard_negatives)."""
 
+    exclude_same_document: bool = True  # drop candidates from the positive's document / same-titled docs
     relative_margin: float = 0.05  # drop if score > positive - |positive| * margin (NV-Retriever: 0.05); 0 = off
     absolute_margin: float = 0.0  # drop if score + margin > positive; 0 = off
     near_duplicate_cosine: float = 0.98  # drop if cosine(candidate, positive passage) >= this; 1 = off

@@ -697,12 +697,11 @@ class _RowWriter:
             self._writer = None
 
 
-def _sort_into(con: Any, unsorted: Path, out: Path) -> None:
-    """Write the layer ordered by (passage_id, question_no) with DuckDB (out-of-core when large)."""
-    src = "'" + str(unsorted).replace("'", "''") + "'"
-    dst = "'" + str(out).replace("'", "''") + "'"
-    con.execute(f"COPY (SELECT * FROM read_parquet({src}) ORDER BY passage_id, question_no NULLS FIRST, status) "
-                f"TO {dst} (FORMAT parquet, COMPRESSION zstd)")
+def _sort_into(unsorted: Path, out: Path) -> None:
+    """Write the layer ordered by (passage_id, question_no), failure rows first, with the exact SCHEMA."""
+    table = pq.read_table(unsorted, schema=SCHEMA)
+    table = table.sort_by([("passage_id", "ascending"), ("question_no", "ascending")], null_placement="at_start")
+    pq.write_table(table, out, compression="zstd")
 
 
 def write_empty(out: Path) -> None:
@@ -841,7 +840,7 @@ def write_llm_questions(cfg: Config, con: Any, out: Path, cache_dir: Path, progr
     if counts["passages"] > 0 and not got_any:
         unsorted.unlink(missing_ok=True)
         raise LLMError(_nothing_worked(client, llm, counts["passages"], failures, examples))
-    _sort_into(con, unsorted, out)
+    _sort_into(unsorted, out)
     unsorted.unlink(missing_ok=True)
 
     return {

@@ -143,6 +143,7 @@ class Warehouse:
             "embedding_model": c.embedding.model,
             "skip_top": c.mining.skip_top,
             "top_k": c.mining.top_k,
+            "exclude_same_document": c.filters.exclude_same_document,
             "relative_margin": c.filters.relative_margin,
             "absolute_margin": c.filters.absolute_margin,
             "near_duplicate_cosine": c.filters.near_duplicate_cosine,

@@ -8,7 +8,7 @@
 --   easy      random passages from other clusters, outside the neighbour list
 -- teacher_sim = cosine similarity of the e5 query and passage embeddings.
 -- Filters: is_positive, rank_window (rank <= skip_top), same_document, same_title (the same subject
--- in another source), near_duplicate (same normalized text as the positive passage, or cosine to it
+-- in another source; both switched by filters.exclude_same_document), near_duplicate (same normalized text as the positive passage, or cosine to it
 -- >= filters.near_duplicate_cosine), same_cluster (easy only), in_neighbours, duplicate_draw, and on
 -- the positive itself positive_rank_too_low (more than filters.positive_max_rank passages of other
 -- documents score above it: the query does not retrieve its own passage).
@@ -76,8 +76,8 @@ hard AS (
         CASE
             WHEN n.passage_id = qx.positive_passage_id THEN 'is_positive'
             WHEN n.rank <= getvariable('skip_top') THEN 'rank_window'
-            WHEN l.doc_id = qx.doc_id THEN 'same_document'
-            WHEN l.title_key = qx.title_key THEN 'same_title'
+            WHEN getvariable('exclude_same_document') AND l.doc_id = qx.doc_id THEN 'same_document'
+            WHEN getvariable('exclude_same_document') AND l.title_key = qx.title_key THEN 'same_title'
             WHEN l.norm_text = qx.pos_norm_text
                  OR list_cosine_similarity(pe.embedding, qx.pos_passage_emb) >= getvariable('near_duplicate_cosine')
                 THEN 'near_duplicate'
@@ -112,8 +112,8 @@ drawn AS (
            list_cosine_similarity(qx.q_emb, pe.embedding) AS teacher_sim,
            CASE
                WHEN r.passage_id = qx.positive_passage_id THEN 'is_positive'
-               WHEN r.doc_id = qx.doc_id THEN 'same_document'
-               WHEN r.title_key = qx.title_key THEN 'same_title'
+               WHEN getvariable('exclude_same_document') AND r.doc_id = qx.doc_id THEN 'same_document'
+               WHEN getvariable('exclude_same_document') AND r.title_key = qx.title_key THEN 'same_title'
                WHEN r.norm_text = qx.pos_norm_text
                     OR list_cosine_similarity(pe.embedding, qx.pos_passage_emb) >= getvariable('near_duplicate_cosine')
                    THEN 'near_duplicate'
