@@ -143,13 +143,88 @@ def embed_batched(embedder: Embedder, texts: list[str], kind: Kind, batch_size: 
     return out
 
 
-class EmbeddingUDFs:
-    """Registers ``embed_passage`` / ``embed_query`` into a DuckDB connection and counts calls."""
+class CacheWriter:
+    """Appends (text_hash, embedding) rows to the embedding cache as small Parquet files.
 
-    def __init__(self, embedder: Embedder, cfg: EmbeddingConfig, progress: bool = True):
+    The UDFs write every vector they compute through this writer, flushing a file every
+    ``flush_rows`` vectors (temporary name, then rename). A run killed mid-embedding therefore
+    keeps what it computed: the next run finds those texts in the cache and embeds only the rest.
+    ``text_hash`` = sha256 of the e5 input (``"passage: " + text``), as ``sha256()`` gives in SQL.
+    """
+
+    def __init__(self, directory, dim: int, flush_rows: int = 1000):
+        from pathlib import Path
+
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dim = dim
+        self.flush_rows = flush_rows
+        self._hashes: list[str] = []
+        self._vecs: list[np.ndarray] = []
+        self._seq = 0
+        self._seen: set[bytes] = set()
+        self.written = 0
+
+    def add(self, hashes: list[str], vecs: np.ndarray) -> None:
+        """Buffer vectors not written before by this writer; flush when the buffer is full."""
+        keep = []
+        for i, h in enumerate(hashes):
+            key = bytes.fromhex(h[:16])
+            if key not in self._seen:
+                self._seen.add(key)
+                keep.append(i)
+        if not keep:
+            return
+        self._hashes.extend(hashes[i] for i in keep)
+        self._vecs.append(vecs[keep] if len(keep) < len(hashes) else vecs)
+        if len(self._hashes) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered vectors as one new cache file."""
+        import os
+        import time
+
+        import pyarrow.parquet as pq
+
+        if not self._hashes:
+            return
+        vecs = np.concatenate(self._vecs).astype(np.float32, copy=False)
+        table = pa.table({
+            "text_hash": pa.array(self._hashes, pa.string()),
+            "embedding": pa.ListArray.from_arrays(
+                pa.array(np.arange(0, (len(vecs) + 1) * self.dim, self.dim, dtype=np.int32)),
+                pa.array(vecs.reshape(-1), pa.float32())),
+        })
+        self._seq += 1
+        final = self.dir / f"part-{time.time_ns()}-{os.getpid()}-{self._seq:05d}.parquet"
+        tmp = final.with_name("." + final.name + ".tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, final)
+        self.written += len(self._hashes)
+        self._hashes, self._vecs = [], []
+
+
+def text_hash(kind: Kind, text: str) -> str:
+    """Cache key of an e5 input: sha256 hex of the prefixed text (matches SQL ``sha256()``)."""
+    import hashlib
+
+    return hashlib.sha256((PREFIX[kind] + text).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class EmbeddingUDFs:
+    """Registers ``embed_passage`` / ``embed_query`` into a DuckDB connection.
+
+    Every computed vector also goes to the :class:`CacheWriter` (when caching is on), so the cache
+    doubles as the resumable shard store of the embedding stages.
+    """
+
+    def __init__(self, embedder: Embedder, cfg: EmbeddingConfig, progress: bool = True,
+                 cache: CacheWriter | None = None):
         self.embedder = embedder
         self.cfg = cfg
         self.progress = progress
+        self.cache = cache
         self.embedded = {"query": 0, "passage": 0}
         self._lock = threading.Lock()
         self._bar = None
@@ -162,20 +237,23 @@ class EmbeddingUDFs:
         self._bar = tqdm(total=total, desc=desc, unit="text", disable=not self.progress or total == 0)
 
     def close_progress(self) -> None:
-        """Close the current progress bar."""
+        """Close the current progress bar and flush the cache."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self.cache is not None:
+            self.cache.flush()
 
     def _udf(self, kind: Kind):
         dim = self.embedder.dim
 
         def fn(texts: pa.Array) -> pa.Array:
-            values = texts.to_pylist()
+            values = [v or "" for v in texts.to_pylist()]
             with self._lock:  # one model, one caller at a time (DuckDB may call from several threads)
-                vecs = embed_batched(self.embedder, [v or "" for v in values], kind,
-                                     self.cfg.batch_size, self.cfg.max_chars)
+                vecs = embed_batched(self.embedder, values, kind, self.cfg.batch_size, self.cfg.max_chars)
                 self.embedded[kind] += len(values)
+                if self.cache is not None:
+                    self.cache.add([text_hash(kind, v) for v in values], vecs)
                 if self._bar is not None:
                     self._bar.update(len(values))
             flat = pa.array(vecs.reshape(-1), type=pa.float32())

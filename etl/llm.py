@@ -9,18 +9,20 @@ API): one ``POST {llm.base_url}/chat/completions`` per sampled passage, asking f
   ``llm.sample_passages`` taken (0 = all).
 * **Concurrency**: a thread pool of ``llm.max_concurrency`` workers, fed a bounded window of
   passages read from DuckDB in Arrow batches.
-* **Retries**: connection errors, timeouts, 5xx, 429 and malformed bodies are retried up to
+* **Retries**: connection errors, timeouts, 5xx, 408, 429 and malformed bodies are retried up to
   ``llm.max_retries`` times with exponential backoff ``backoff_s * 2**attempt`` (capped at
   :data:`MAX_BACKOFF_S`, plus up to 25 % jitter); a ``Retry-After`` header on 429/503 wins (capped
   at :data:`MAX_RETRY_AFTER_S`) and a 429 pauses every worker, not only the one that got it. Other
   4xx (bad model name, bad key, ...) are not retried. Redirects are never followed, so the key is
   never sent to another host.
 * **Cache**: every complete response is stored as Parquet under ``<warehouse>/cache/llm/``, keyed
-  by ``(model, prompt_hash, passage_hash)``; entries are flushed every :data:`CACHE_FLUSH_EVERY`
-  responses (temporary name, then rename), so neither a re-run nor a crash pays twice. What is
-  cached is the model's *answer*: parse failures are cached too (the parser re-runs on cached text,
-  so a better parser needs no new calls) but transport failures (HTTP errors, timeouts, malformed
-  bodies) are not, so the next run of the stage asks again for exactly those passages.
+  by ``(model, prompt_hash, passage_hash)`` (:func:`prompt_hash` covers the template text, model,
+  questions_per_passage, temperature and max_tokens; :func:`passage_hash` the title and text);
+  entries are flushed every :data:`CACHE_FLUSH_EVERY` responses (temporary name, then rename), so
+  neither a re-run nor a crash pays twice. What is cached is the model's *answer*: parse failures
+  are cached too (the parser re-runs on cached text, so a better parser needs no new calls) but
+  transport failures (HTTP errors, timeouts, malformed bodies) are not, so the next execution of
+  the stage (``--force llm_questions`` once the stage is fresh) asks again for exactly those passages.
 * **Parsing** accepts JSON (a list, an object holding a list, inside code fences or prose), Python
   literal lists, numbered / bulleted lists and plain lines, keeps question-like lines, drops
   ``<think>`` blocks, and normalizes (NFC, whitespace, numbering, quotes).
@@ -63,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -86,6 +89,7 @@ CACHE_FLUSH_EVERY = 200
 CACHE_COMPACT_ABOVE = 64  # merge the cache into one file when it has more files than this
 MAX_BACKOFF_S = 60.0
 MAX_RETRY_AFTER_S = 300.0
+RETRY_STATUS = (408, 429)  # retried besides every 5xx
 READ_BATCH_ROWS = 1024
 ROW_FLUSH_EVERY = 5000
 REDACTED = "[REDACTED]"
@@ -524,8 +528,8 @@ class ChatClient:
                 snippet = ""
             finally:
                 exc.close()
-            return _Attempt(f"http_error:{code}", retryable=code == 429 or code >= 500, retry_after=retry_after,
-                            detail=f"HTTP {code}: {snippet}".strip())
+            return _Attempt(f"http_error:{code}", retryable=code in RETRY_STATUS or code >= 500,
+                            retry_after=retry_after, detail=f"HTTP {code}: {snippet}".strip())
         except TimeoutError as exc:
             return _Attempt("timeout", retryable=True, detail=f"no answer within {self.llm.timeout_s}s ({exc})")
         except urllib.error.URLError as exc:
@@ -574,12 +578,12 @@ class ChatClient:
 class ResponseCache:
     """Answers keyed by (model, prompt_hash, passage_hash), as Parquet files under ``cache_dir``."""
 
-    def __init__(self, cache_dir: Path, model: str, prompt_hash: str, flush_every: int = CACHE_FLUSH_EVERY):
+    def __init__(self, cache_dir: Path, model: str, prompt_hash: str, flush_every: int | None = None):
         self.dir = Path(cache_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.model = model
         self.prompt_hash = prompt_hash
-        self.flush_every = flush_every
+        self.flush_every = flush_every or CACHE_FLUSH_EVERY
         self._mem: dict[str, tuple[str, str | None]] = {}
         self._buffer: list[dict[str, Any]] = []
         self._seq = 0
@@ -602,10 +606,10 @@ class ResponseCache:
                 continue
             tables.append(t)
         for t in tables:
-            cols = t.select(["model", "prompt_hash", "passage_hash", "response", "finish_reason"]).to_pydict()
-            for m, ph, h, resp, fin in zip(cols["model"], cols["prompt_hash"], cols["passage_hash"],
-                                           cols["response"], cols["finish_reason"], strict=True):
-                if m == self.model and ph == self.prompt_hash and resp is not None:
+            mine = t.filter(pc.and_(pc.equal(t["model"], self.model), pc.equal(t["prompt_hash"], self.prompt_hash)))
+            cols = mine.select(["passage_hash", "response", "finish_reason"]).to_pydict()
+            for h, resp, fin in zip(cols["passage_hash"], cols["response"], cols["finish_reason"], strict=True):
+                if h is not None and resp is not None:
                     self._mem[h] = (resp, fin)
         if len(tables) > CACHE_COMPACT_ABOVE and not self.unreadable:
             self._compact(files, tables)
@@ -700,7 +704,7 @@ class _RowWriter:
 def _sort_into(unsorted: Path, out: Path) -> None:
     """Write the layer ordered by (passage_id, question_no), failure rows first, with the exact SCHEMA."""
     table = pq.read_table(unsorted, schema=SCHEMA)
-    table = table.sort_by([("passage_id", "ascending"), ("question_no", "ascending")], null_placement="at_start")
+    table = table.sort_by([("passage_id", "ascending"), ("question_no", "ascending", "at_start")])
     pq.write_table(table, out, compression="zstd")
 
 
@@ -835,6 +839,8 @@ def write_llm_questions(cfg: Config, con: Any, out: Path, cache_dir: Path, progr
         cache.flush()
         bar.close()
         writer.close()
+        if aborted:
+            unsorted.unlink(missing_ok=True)
 
     got_any = counts["responses"] + counts["cache_hits"] > 0
     if counts["passages"] > 0 and not got_any:
@@ -877,4 +883,4 @@ def _nothing_worked(client: ChatClient, llm: LLMConfig, n: int, failures: Counte
         hint = "; is the server running and reachable at llm.base_url?"
     return client.redact(
         f"llm_questions: no answer from {client.url} (model {llm.model!r}) for {n} passages "
-        f"[{reasons}]{hint}. Last error: {example}")
+        f"[{reasons}]{hint}. First error: {example}")

@@ -60,7 +60,8 @@ class Context:
         """Load the embedding model once, register the UDFs and the cache view."""
         if self._udfs is None:
             embedder = embed_mod.load_embedder(self.cfg.embedding)
-            self._udfs = embed_mod.EmbeddingUDFs(embedder, self.cfg.embedding, self.progress)
+            cache = embed_mod.CacheWriter(self.cache_dir, embedder.dim) if self.cfg.embedding.cache else None
+            self._udfs = embed_mod.EmbeddingUDFs(embedder, self.cfg.embedding, self.progress, cache)
             self._udfs.register(self.wh.con)
             self.wh.con.execute("SET VARIABLE embedding_dim = ?", [embedder.dim])
             self.refresh_cache_view()
@@ -72,7 +73,11 @@ class Context:
         return self.wh.root / "cache" / "embeddings" / embed_mod.model_slug(self.cfg.embedding.model)
 
     def refresh_cache_view(self) -> None:
-        """(Re)create the ``embedding_cache`` view over the cache files (empty when caching is off)."""
+        """(Re)create the ``embedding_cache`` view over the cache files (empty when caching is off).
+
+        The cache holds each text once: the UDFs only see cache misses, the writer skips hashes it
+        already wrote, and ``--shard`` splits work by text hash, so shards never overlap.
+        """
         files = sorted(self.cache_dir.glob("*.parquet")) if self.cfg.embedding.cache else []
         if files:
             listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
@@ -83,22 +88,6 @@ class Context:
             self.wh.con.execute(
                 "CREATE OR REPLACE TEMP VIEW embedding_cache AS "
                 "SELECT NULL::VARCHAR AS text_hash, NULL::FLOAT[] AS embedding WHERE false")
-
-    def add_to_cache(self, select_sql: str, tag: str) -> int:
-        """Append (text_hash, embedding) rows not yet cached, as one new Parquet file."""
-        if not self.cfg.embedding.cache:
-            return 0
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        new = (f"SELECT DISTINCT ON (text_hash) * FROM ({select_sql}) "
-               "WHERE text_hash NOT IN (SELECT text_hash FROM embedding_cache)")
-        n = int(self.wh.con.execute(f"SELECT count(*) FROM ({new})").fetchall()[0][0])
-        if n:
-            final = self.cache_dir / f"{tag}-{int(time.time() * 1000)}.parquet"
-            tmp = final.with_name("." + final.name + ".tmp")
-            self.wh.con.execute(f"COPY ({new} ORDER BY text_hash) TO '{tmp}' (FORMAT parquet)")
-            tmp.replace(final)
-            self.refresh_cache_view()
-        return n
 
 
 # ---- Python stage bodies ---------------------------------------------------------------------
@@ -213,6 +202,15 @@ def stage_fingerprint(stage: Stage, ctx: Context) -> str:
         parts.append(_module_version(ingest))
     if stage.name == "query_file_rows":
         parts.append(json.dumps(queryfiles.input_signature(ctx.cfg)))
+    if stage.name == "llm_questions" and "llm" in ctx.cfg.queries.methods:
+        from . import llm
+
+        parts.append(_module_version(llm))
+        parts.append(llm.prompt_signature(ctx.cfg.llm))
+    if stage.name == "teacher_scores":
+        from . import teacher
+
+        parts.append(_module_version(teacher))
     if stage.name == "neighbours":
         parts.append(_module_version(mine))
         parts.append(str(all((_embeddings_dir(ctx) / f).exists() for f in
@@ -243,8 +241,8 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
             finally:
                 udfs.close_progress()
             extra["embedded"] = sum(udfs.embedded.values()) - sum(before.values())
-            extra["cache_added"] = _update_cache(ctx, stage.name)
             extra["model"] = udfs.embedder.name
+            ctx.refresh_cache_view()
         else:
             rows = wh.materialize_sql(stage.name, _strip_sql(sql_text))
     else:
@@ -274,18 +272,6 @@ def _count_cache_misses(ctx: Context, layer: str) -> int:
         sql = ("SELECT count(*) + count(positive_text) FROM queries q WHERE sha256('query: ' || q.query) NOT IN "
                "(SELECT text_hash FROM embedding_cache)")
     return int(con.execute(sql).fetchall()[0][0])
-
-
-def _update_cache(ctx: Context, layer: str) -> int:
-    if layer == "passage_embeddings":
-        sql = ("SELECT sha256('passage: ' || p.text) AS text_hash, e.embedding FROM passages p "
-               "JOIN passage_embeddings e USING (passage_id)")
-    else:
-        sql = ("SELECT sha256('query: ' || q.query) AS text_hash, e.embedding FROM queries q "
-               "JOIN query_embeddings e USING (query_id) UNION ALL "
-               "SELECT sha256('passage: ' || q.positive_text), e.positive_embedding FROM queries q "
-               "JOIN query_embeddings e USING (query_id) WHERE q.positive_text IS NOT NULL")
-    return ctx.add_to_cache(sql, layer)
 
 
 def run_pipeline(cfg: Config, force: list[str] | None = None, until: str | None = None,
