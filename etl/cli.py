@@ -20,8 +20,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
     cfg = load_config(args.config, args.overrides)
+    shard = None
+    if args.shard:
+        try:
+            i, n = (int(x) for x in args.shard.split("/"))
+        except ValueError:
+            print(f"--shard expects i/n, e.g. 0/4; got {args.shard!r}", file=sys.stderr)
+            return 2
+        if not (n >= 1 and 0 <= i < n):
+            print(f"--shard {args.shard}: need 0 <= i < n", file=sys.stderr)
+            return 2
+        shard = (i, n)
     print(f"warehouse: {cfg.warehouse_dir}\nexport:    {cfg.export_dir}")
-    meta = run_pipeline(cfg, force=args.force, until=args.until)
+    meta = run_pipeline(cfg, force=args.force, until=args.until, shard=shard)
     if "total_queries" not in meta:
         return 0
     print(f"\n{meta['total_queries']:,} records ({meta['train_samples']:,} train / {meta['val_samples']:,} val), "
@@ -37,6 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"Dropped {n:,} queries: {reason}")
     for reason, n in meta.get("quarantine", {}).items():
         print(f"Quarantined {n:,} records: {reason}")
+    if meta["total_queries"] == 0:
+        print("error: no training records were produced (see the dropped queries above and "
+              "`python -m etl stats dropped_queries candidate_filters`)", file=sys.stderr)
+        return 1
     print(f"validated: {cfg.export_dir / 'train.jsonl'}, {cfg.export_dir / 'val.jsonl'}")
     return 0
 
@@ -119,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help=f"re-run a stage even if fresh ('all' for every stage): {', '.join(STAGE_NAMES)}")
     r.add_argument("--until", metavar="STAGE", choices=STAGE_NAMES, help="stop after this stage")
+    r.add_argument("--shard", metavar="I/N",
+                   help="embed only shard I of N (split by text hash) into the embedding cache, then stop; "
+                        "run the shards on several GPUs/machines, merge their cache dirs, then run normally")
     r.set_defaults(fn=cmd_run)
     v = sub.add_parser("validate", help="validate exported JSONL files")
     v.add_argument("paths", nargs="+", type=Path)

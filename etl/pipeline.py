@@ -274,9 +274,48 @@ def _count_cache_misses(ctx: Context, layer: str) -> int:
     return int(con.execute(sql).fetchall()[0][0])
 
 
+SHARD_SQL = {
+    "passage_embeddings": [
+        "SELECT sum(len(embed_passage(text))) FROM passages WHERE md5_number(text) % {n} = {i} "
+        "AND sha256('passage: ' || text) NOT IN (SELECT text_hash FROM embedding_cache)"],
+    "query_embeddings": [
+        "SELECT sum(len(embed_query(query))) FROM queries WHERE md5_number(query) % {n} = {i} "
+        "AND sha256('query: ' || query) NOT IN (SELECT text_hash FROM embedding_cache)",
+        "SELECT sum(len(embed_passage(positive_text))) FROM queries WHERE positive_text IS NOT NULL "
+        "AND md5_number(positive_text) % {n} = {i} "
+        "AND sha256('passage: ' || positive_text) NOT IN (SELECT text_hash FROM embedding_cache)"],
+}
+
+
+def embed_shard(ctx: Context, stage: Stage, i: int, n: int, log: Callable[[str], None]) -> int:
+    """Embed shard ``i`` of ``n`` (split by text hash) into the embedding cache; write no layer.
+
+    Several machines can each run one shard; copying their ``cache/embeddings/<model>/`` files
+    into one warehouse then lets a plain run build the layers from the cache alone.
+    """
+    udfs = ctx.udfs()
+    before = sum(udfs.embedded.values())
+    t0 = time.perf_counter()
+    udfs.start_progress(0, stage.name)
+    try:
+        for sql in SHARD_SQL[stage.name]:
+            ctx.wh.con.execute(sql.format(i=int(i), n=int(n))).fetchall()
+    finally:
+        udfs.close_progress()
+    ctx.refresh_cache_view()
+    done = sum(udfs.embedded.values()) - before
+    log(f"  {stage.name:<20} {done:>10,} texts embedded into the cache (shard {i}/{n}) "
+        f"{time.perf_counter() - t0:7.1f}s")
+    return done
+
+
 def run_pipeline(cfg: Config, force: list[str] | None = None, until: str | None = None,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every stage in order (skipping fresh ones), then export and validate; return the summary."""
+                 log: Callable[[str], None] = print, shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Run every stage in order (skipping fresh ones), then export and validate; return the summary.
+
+    With ``shard=(i, n)`` only the stages before embedding run, then shard ``i`` of the embedding
+    work goes into the cache, and the run stops (see :func:`embed_shard`).
+    """
     force = force or []
     for f in force:
         if f not in STAGE_NAMES and f != "all":
@@ -288,7 +327,13 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, until: str | None 
     wh = Warehouse(cfg)
     try:
         ctx = Context(cfg, wh)
+        _remove_stale_tmp(cfg)
         for stage in STAGES:
+            if shard is not None and stage.embeds:
+                embed_shard(ctx, stage, shard[0], shard[1], log)
+                if stage.name == "query_embeddings":
+                    return {"stages": ctx.results, "shard": shard}
+                continue
             res = run_stage(stage, ctx, force="all" in force or stage.name in force)
             ctx.results[stage.name] = res
             state = "skipped (fresh)" if res.skipped else f"{res.seconds:7.1f}s"
@@ -300,6 +345,17 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, until: str | None 
         return summary
     finally:
         wh.close()
+
+
+def _remove_stale_tmp(cfg: Config) -> None:
+    """Delete temporary files left by a killed run (we hold the warehouse lock, so none is live)."""
+    roots = [cfg.warehouse_dir, cfg.export_dir]
+    for root in roots:
+        if not root.exists():
+            continue
+        for p in root.rglob(".*.tmp"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
 
 
 def now_iso() -> str:

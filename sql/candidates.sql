@@ -4,8 +4,9 @@
 --   positive  the query's positive (passage, or positive_text for first_sentence queries); for
 --             query-file lines without a passage_id, the document's passage most similar to the query
 --   hard      usearch nearest neighbours of the query (layer neighbours), rank 1..search_depth
---   related   random passages of the positive's own k-means cluster, outside the neighbour list
---   easy      random passages from other clusters, outside the neighbour list
+--   related   random passages of the positive's own k-means cluster, outside the rank window
+--   easy      random passages from other clusters, outside the rank window (examples.sql also
+--             keeps every related/easy pick below every hard pick, so none can repeat a deep hard pick)
 -- teacher_sim = cosine similarity of the e5 query and passage embeddings.
 -- Filters: is_positive, rank_window (rank <= skip_top), same_document, same_title (the same subject
 -- in another source; both switched by filters.exclude_same_document), near_duplicate (same normalized text as the positive passage, or cosine to it
@@ -118,7 +119,8 @@ drawn AS (
                     OR list_cosine_similarity(pe.embedding, qx.pos_passage_emb) >= getvariable('near_duplicate_cosine')
                    THEN 'near_duplicate'
                WHEN r.role = 'easy' AND r.cluster_id = qx.pos_cluster THEN 'same_cluster'
-               WHEN EXISTS (SELECT 1 FROM neighbours n WHERE n.query_id = r.query_id AND n.passage_id = r.passage_id)
+               WHEN EXISTS (SELECT 1 FROM neighbours n WHERE n.query_id = r.query_id AND n.passage_id = r.passage_id
+                                                         AND n.rank <= getvariable('top_k'))
                    THEN 'in_neighbours'
                WHEN row_number() OVER (PARTITION BY r.query_id, r.role, r.passage_id ORDER BY r.rank) > 1
                    THEN 'duplicate_draw'
