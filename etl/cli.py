@@ -1,4 +1,4 @@
-"""Command line: ``python -m etl {run,validate,stats}``."""
+"""Command line: ``python -m etl {run,validate,stats,report}``."""
 
 from __future__ import annotations
 
@@ -107,6 +107,24 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the quality report (report.md + PNG plots) from the warehouse."""
+    from .report import write_report
+    from .warehouse import Warehouse
+
+    cfg = load_config(args.config, args.overrides)
+    if not (cfg.warehouse_dir / "etl.duckdb").exists():
+        print(f"no warehouse at {cfg.warehouse_dir}: run `python -m etl run` first", file=sys.stderr)
+        return 2
+    wh = Warehouse(cfg)
+    try:
+        path = write_report(cfg, wh.con, args.out or cfg.export_dir / "report")
+    finally:
+        wh.close()
+    print(f"report: {path}")
+    return 0
+
+
 def _has_pandas() -> bool:
     try:
         import pandas  # noqa: F401
@@ -148,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(s)
     s.add_argument("names", nargs="*", help="only these reports (file names without .sql)")
     s.set_defaults(fn=cmd_stats)
+    rp = sub.add_parser("report", help="write the quality report (markdown + PNG plots)")
+    _config_args(rp)
+    rp.add_argument("--out", type=Path, help="output directory (default: <export>/report)")
+    rp.set_defaults(fn=cmd_report)
     return ap
 
 

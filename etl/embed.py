@@ -82,7 +82,9 @@ class SentenceTransformerEmbedder:
         self.device = device
         self.batch_size = batch_size
         self.name = model
-        self.dim = int(self._model.get_sentence_embedding_dimension())
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or \
+            self._model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
 
     def encode(self, texts: list[str], kind: Kind) -> np.ndarray:
         """Embed with the e5 prefix, normalized, under torch.inference_mode."""

@@ -1,9 +1,11 @@
-"""Export: ``train.jsonl``, ``val.jsonl`` and ``metadata.json`` from the ``examples`` layer.
+"""Export: ``train.jsonl``, ``val.jsonl``, ``metadata.json``, ``datasets/`` and ``report/`` from ``examples``.
 
 JSONL is written by DuckDB (``COPY ... (FORMAT JSON)``: UTF-8, Korean not escaped, keys in the
 order query, docs, scores), ordered by query_id, to temporary names renamed when complete; scores
 are DOUBLE rounded in ``examples.sql``. Every export is validated before the run reports success.
-The ``embeddings/`` directory (npy + id files + usearch index) is written by the neighbours stage.
+The ``embeddings/`` directory (npy + id files + usearch index) is written by the neighbours stage;
+``datasets/{train,val}`` (``save_to_disk``, when the ``datasets`` package is installed) by
+:mod:`etl.hfexport`; ``report/`` (report.md + plots) by :mod:`etl.report`.
 """
 
 from __future__ import annotations
@@ -120,5 +122,14 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
         "wall_seconds": round(time.perf_counter() - started, 2) if started else None,
         "config": cfg.to_dict(),
     }
+    from .hfexport import export_datasets
+
+    if not fresh or not (out / "datasets" / "train").exists():
+        meta["datasets"] = export_datasets(out)
+    report_md = out / "report" / "report.md"
+    if not fresh or not report_md.exists():
+        from .report import write_report
+
+        meta["report"] = str(write_report(cfg, con, out / "report"))
     atomic_write_text(out / "metadata.json", json.dumps(meta, ensure_ascii=False, indent=2, default=str))
     return meta

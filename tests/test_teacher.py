@@ -1,0 +1,296 @@
+"""The cross-encoder and ensemble teachers (stage teacher_scores), with models built in the test.
+
+A tiny ``CrossEncoder`` (REFERENCE.md section 3: ``BertForSequenceClassification`` with
+``num_labels=1`` plus a WordPiece tokenizer, saved to a temporary directory) scores the candidates;
+the embedder is the same kind of tiny bag-of-tokens sentence-transformers model as in
+test_trainer_compat.py. The teacher's judgement is random, so the checks are about plumbing: every
+scored row has a cross-encoder score, the exported scores follow the teacher's scores, and the
+ensemble is the mean of the per-query min-max normalized bi-encoder and cross-encoder scores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("sentence_transformers")
+
+import torch  # noqa: E402
+
+from etl.config import SAMPLE_DIR, load_config  # noqa: E402
+from etl.embed import prepare_text  # noqa: E402
+from etl.pipeline import run_pipeline  # noqa: E402
+from etl.teacher import minmax_per_query  # noqa: E402
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+KO_SENTENCES = [
+    "서울특별시는 대한민국의 수도이자 최대 도시이다.", "세종은 훈민정음을 창제하였다.",
+    "블랙홀은 중력이 매우 강한 천체이다.", "라면은 국수를 끓는 물에 삶아 먹는 음식이다.",
+    "임진왜란은 1592년에 일어난 전쟁이다.", "은하수는 밤하늘을 가로지르는 빛의 띠이다.",
+    "query: passage: 질문 문서",
+]
+
+
+# ---- tiny models -----------------------------------------------------------------------------
+
+def _sample_texts() -> list[str]:
+    texts: list[str] = []
+    for path in sorted(SAMPLE_DIR.rglob("*.json*")):
+        raw = path.read_text(encoding="utf-8")
+        records = json.loads(raw) if path.suffix == ".json" else []
+        if path.suffix == ".jsonl":
+            for line in raw.splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        texts += [r["text"] for r in records if isinstance(r, dict) and isinstance(r.get("text"), str)]
+    return texts
+
+
+def _tokenizer(hf_dir: Path) -> Any:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(KO_SENTENCES + _sample_texts(),
+                            trainers.WordPieceTrainer(vocab_size=1000, special_tokens=SPECIALS))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+    fast.save_pretrained(hf_dir)
+    return tok
+
+
+def _bert_config(vocab: int, **extra: Any) -> Any:
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=128, **extra)
+
+
+def build_tiny_embedder(out_dir: Path) -> Path:
+    """Bag-of-tokens sentence-transformers model (see test_trainer_compat.py)."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import BertModel
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import Pooling, Transformer
+
+    hf_dir = out_dir / "hf"
+    tok = _tokenizer(hf_dir)
+    torch.manual_seed(0)
+    bert = BertModel(_bert_config(tok.get_vocab_size()))
+    with torch.no_grad():
+        bert.embeddings.word_embeddings.weight.normal_(0.0, 1.0)
+        for special in SPECIALS:
+            bert.embeddings.word_embeddings.weight[tok.token_to_id(special)].zero_()
+        bert.embeddings.position_embeddings.weight.zero_()
+        bert.embeddings.token_type_embeddings.weight.zero_()
+        for layer in bert.encoder.layer:
+            for dense in (layer.attention.output.dense, layer.output.dense):
+                dense.weight.zero_()
+                dense.bias.zero_()
+    bert.save_pretrained(hf_dir)
+    st_dir = out_dir / "st"
+    SentenceTransformer(modules=[Transformer(str(hf_dir), max_seq_length=128), Pooling(32, "mean")],
+                        device="cpu").save(str(st_dir))
+    return st_dir
+
+
+def build_tiny_cross_encoder(out_dir: Path) -> Path:
+    """A random BertForSequenceClassification (num_labels=1) + tokenizer: loads as CrossEncoder(path).
+
+    ``initializer_range=0.2`` (instead of 0.02) so that its scores actually differ between pairs.
+    """
+    from transformers import BertForSequenceClassification
+
+    tok = _tokenizer(out_dir)
+    torch.manual_seed(1)
+    model = BertForSequenceClassification(_bert_config(tok.get_vocab_size(), num_labels=1, initializer_range=0.2))
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+# ---- runs ------------------------------------------------------------------------------------
+
+def layers_con(warehouse: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with a view per layer Parquet file."""
+    con = duckdb.connect()
+    for p in sorted((warehouse / "layers").glob("*.parquet")):
+        con.execute(f"CREATE VIEW {p.stem} AS SELECT * FROM read_parquet('{p}')")
+    return con
+
+
+def snapshot(cfg: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a test needs from one run, read before the next run overwrites the layers."""
+    con = layers_con(cfg.warehouse_dir)
+    try:
+        def rows(sql: str) -> list[dict[str, Any]]:
+            cur = con.execute(sql)
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+        return {
+            "cfg": cfg,
+            "meta": meta,
+            "teacher_scores": rows("SELECT * FROM teacher_scores ORDER BY query_id, role, rank"),
+            "examples": rows("SELECT * FROM examples ORDER BY query_id"),
+            "pairs": rows("""
+                SELECT t.query_id, t.passage_id, t.role, t.ce_score, q.query,
+                       CASE WHEN t.role = 'positive' AND q.positive_text IS NOT NULL
+                            THEN q.positive_text ELSE p.text END AS text
+                FROM teacher_scores t JOIN queries q USING (query_id)
+                JOIN passages p ON p.passage_id = t.passage_id
+                ORDER BY md5(t.query_id || t.passage_id) LIMIT 12"""),
+        }
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def teacher_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("teacher_models")
+    return {"embedder": build_tiny_embedder(root / "embedder"), "cross_encoder": build_tiny_cross_encoder(root / "ce")}
+
+
+@pytest.fixture(scope="module")
+def teacher_runs(tmp_path_factory, teacher_models) -> dict[str, dict[str, Any]]:
+    """One warehouse, two runs with the default filters: teacher.kind = cross_encoder, then
+    ensemble (the second run reuses every stage up to candidates)."""
+    root = tmp_path_factory.mktemp("teacher_runs")
+    base = [f"paths.warehouse={root / 'warehouse'}", f"embedding.model={teacher_models['embedder']}",
+            f"teacher.cross_encoder={teacher_models['cross_encoder']}", "teacher.device=cpu",
+            "run.progress=false", "queries.max_per_source=30"]  # ~120 queries: cross-encoding dominates
+    out: dict[str, dict[str, Any]] = {}
+    for kind in ("cross_encoder", "ensemble"):
+        cfg = load_config(None, [*base, f"paths.export={root / ('export_' + kind)}", f"teacher.kind={kind}"])
+        meta = run_pipeline(cfg, log=lambda *_: None)
+        out[kind] = snapshot(cfg, meta)
+    return out
+
+
+KINDS = ("cross_encoder", "ensemble")
+
+
+# ---- tests -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_scored_row_has_a_cross_encoder_score(teacher_runs, kind):
+    run = teacher_runs[kind]
+    rows = run["teacher_scores"]
+    assert len(rows) > 0
+    assert all(r["ce_score"] is not None and np.isfinite(r["ce_score"]) for r in rows)
+    assert all(np.isfinite(r["bi_score"]) for r in rows)
+    stage = run["meta"]["stages"]["teacher_scores"]
+    assert stage.get("extra", {}).get("teacher", kind) == kind
+    if kind == "cross_encoder":
+        assert all(r["teacher_score"] == r["ce_score"] for r in rows)
+
+
+def test_cross_encoder_scores_are_the_models_scores(teacher_runs, teacher_models):
+    from sentence_transformers import CrossEncoder
+
+    run = teacher_runs["cross_encoder"]
+    ce = CrossEncoder(str(teacher_models["cross_encoder"]), device="cpu")
+    max_chars = run["cfg"].teacher.max_chars
+    pairs = [(prepare_text(r["query"], max_chars), prepare_text(r["text"], max_chars)) for r in run["pairs"]]
+    expected = np.asarray(ce.predict(pairs, show_progress_bar=False), dtype=np.float64).reshape(-1)
+    got = np.asarray([r["ce_score"] for r in run["pairs"]])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exported_scores_follow_the_teacher(teacher_runs, kind):
+    run = teacher_runs[kind]
+    cfg = run["cfg"]
+    scale, decimals = cfg.scoring.scale, cfg.scoring.decimals
+    examples = run["examples"]
+    assert len(examples) > 5, run["meta"].get("dropped_queries")
+    layer = {(r["query_id"], r["passage_id"]): r["teacher_score"] for r in run["teacher_scores"]}
+    for ex in examples:
+        roles, scores, ts = ex["roles"], np.asarray(ex["scores"]), np.asarray(ex["teacher_scores"])
+        assert len(scores) == cfg.docs_per_query
+        assert roles[0] == "positive" and roles.count("positive") == 1
+        assert scores[0] == scale == scores.max()
+        assert np.all(np.diff(scores) <= 0), f"{ex['query_id']}: scores not non-increasing {scores}"
+        assert np.all(np.diff(ts) <= 1e-6), f"{ex['query_id']}: teacher scores out of order {ts}"
+        assert ts[0] >= ts[1:].max()  # the positive beats every negative (6-decimal rounding)
+        # the exported score is the teacher score min-max normalized in the record, times the scale
+        expected = np.round(scale * (ts - ts.min()) / (ts.max() - ts.min()), decimals)
+        np.testing.assert_allclose(scores, expected, atol=2e-3 * scale)
+        for pid, t in zip(ex["passage_ids"], ts, strict=True):
+            assert abs(layer[(ex["query_id"], pid)] - t) < 1e-6
+
+
+def test_ensemble_is_the_mean_of_minmax_normalized_bi_and_ce(teacher_runs):
+    rows = teacher_runs["ensemble"]["teacher_scores"]
+    by_query: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_query.setdefault(r["query_id"], []).append(r)
+
+    def norm(values: list[float]) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64)
+        span = v.max() - v.min()
+        return (v - v.min()) / span if span > 0 else np.full(len(v), 0.5)
+
+    assert len(by_query) > 10
+    for qid, rs in by_query.items():
+        expected = (norm([r["bi_score"] for r in rs]) + norm([r["ce_score"] for r in rs])) / 2.0
+        got = np.asarray([r["teacher_score"] for r in rs])
+        np.testing.assert_allclose(got, expected, atol=1e-9, err_msg=qid)
+        assert got.min() >= 0.0 and got.max() <= 1.0
+
+
+def test_ensemble_and_cross_encoder_share_the_candidates(teacher_runs):
+    ce = {(r["query_id"], r["passage_id"]): r for r in teacher_runs["cross_encoder"]["teacher_scores"]}
+    ens = {(r["query_id"], r["passage_id"]): r for r in teacher_runs["ensemble"]["teacher_scores"]}
+    assert ce.keys() == ens.keys()
+    for key, r in ens.items():
+        assert r["ce_score"] == pytest.approx(ce[key]["ce_score"], abs=1e-6)
+        assert r["bi_score"] == ce[key]["bi_score"]
+
+
+# ---- minmax_per_query ------------------------------------------------------------------------
+
+def test_minmax_per_query_basic():
+    q = np.array(["a", "a", "a", "b", "b"], dtype=object)
+    s = np.array([1.0, 3.0, 2.0, -5.0, 5.0])
+    np.testing.assert_allclose(minmax_per_query(q, s), [0.0, 1.0, 0.5, 0.0, 1.0])
+
+
+def test_minmax_per_query_interleaved_and_constant_groups():
+    q = np.array(["b", "a", "c", "b", "a", "c"], dtype=object)
+    s = np.array([10.0, 0.2, 7.0, 20.0, 0.4, 7.0])
+    out = minmax_per_query(q, s)
+    np.testing.assert_allclose(out, [0.0, 0.0, 0.5, 1.0, 1.0, 0.5])  # constant group c -> 0.5
+    assert out.dtype == np.float64
+
+
+def test_minmax_per_query_single_row_and_empty():
+    np.testing.assert_allclose(minmax_per_query(np.array(["x"], dtype=object), np.array([3.0])), [0.5])
+    assert minmax_per_query(np.array([], dtype=object), np.array([], dtype=np.float64)).shape == (0,)
+
+
+def test_minmax_per_query_is_invariant_to_shift_and_positive_scale():
+    rng = np.random.default_rng(0)
+    q = rng.integers(0, 7, size=200).astype(str).astype(object)
+    s = rng.normal(size=200)
+    base = minmax_per_query(q, s)
+    np.testing.assert_allclose(minmax_per_query(q, s * 4.0 + 11.0), base, atol=1e-12)
+    assert base.min() >= 0.0 and base.max() <= 1.0
+    for g in np.unique(q):
+        part = base[q == g]
+        assert part.min() == 0.0 and part.max() == 1.0
