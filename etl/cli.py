@@ -48,6 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"Dropped {n:,} queries: {reason}")
     for reason, n in meta.get("quarantine", {}).items():
         print(f"Quarantined {n:,} records: {reason}")
+    for reason, n in meta.get("user_query_rejects", {}).items():
+        print(f"Rejected {n:,} query-file lines: {reason}")
     if meta["total_queries"] == 0:
         print("error: no training records were produced (see the dropped queries above and "
               "`python -m etl stats dropped_queries candidate_filters`)", file=sys.stderr)

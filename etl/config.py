@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import tomllib
 import types
 import typing
@@ -406,7 +408,13 @@ def validate(cfg: Config) -> None:
     need(t.batch_size >= 1, "teacher.batch_size", "must be >= 1")
     need(t.max_candidates >= n.hard, "teacher.max_candidates", f"must be >= negatives.hard = {n.hard}")
     need(cfg.clustering.k >= 0, "clustering.k", "must be >= 0 (0 = auto)")
-    need(cfg.scoring.scale > 0, "scoring.scale", "must be > 0")
+    need(math.isfinite(cfg.scoring.scale) and cfg.scoring.scale > 0, "scoring.scale", "must be a finite number > 0")
+    need(cfg.duckdb.threads >= 0, "duckdb.threads", "must be >= 0 (0 = all cores)")
+    need(re.fullmatch(r"\s*\d+(\.\d+)?\s*([KMGT]i?B|B)\s*", cfg.duckdb.memory_limit, re.I) is not None,
+         "duckdb.memory_limit", f"must be a size like '4GB' or '512MiB', got {cfg.duckdb.memory_limit!r}")
+    for key, dev in (("embedding.device", cfg.embedding.device), ("teacher.device", cfg.teacher.device)):
+        need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", dev) is not None, key,
+             f"must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
     need(0 <= cfg.scoring.decimals <= 8, "scoring.decimals", "must be in [0, 8]")
     need(0.0 < cfg.split.val_fraction < 1.0, "split.val_fraction", "must be strictly between 0 and 1")
 

@@ -19,6 +19,7 @@ import gzip
 import io
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,39 +152,37 @@ def record_row(source: SourceConfig, file: str, line_no: int, rec: Any) -> dict[
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None, bytes]]:
-    """Yield (line_no, record, error, raw) for each non-blank line."""
+    """Yield (line_no, record, error, raw) for each non-blank line (a UTF-8 BOM is allowed)."""
     with _open_binary(path) as fh:
         for line_no, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError:
                 yield line_no, None, "invalid_utf8", raw
                 continue
             try:
                 yield line_no, json.loads(line), None, raw
-            except json.JSONDecodeError:
-                yield line_no, None, "malformed_json", raw
-            except RecursionError:
+            except (json.JSONDecodeError, RecursionError):
                 yield line_no, None, "malformed_json", raw
 
 
 def _iter_json(path: Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[int, Any, str | None, bytes]]:
-    """Stream a ``.json`` file: a JSON array (element by element) or one or more concatenated objects.
+    """Stream a ``.json`` file: JSON arrays (element by element) and/or concatenated values.
 
     Yields (element_no, record, error, raw). A syntax error ends the file: the rest cannot be
-    re-synchronized reliably, so one rejected row records where it happened.
+    re-synchronized reliably, so one rejected row records where it happened (details in ``raw``).
     """
     decoder = json.JSONDecoder()
+    n = 0
     try:
         with _open_binary(path) as fb:
-            fh = io.TextIOWrapper(fb, encoding="utf-8", errors="strict")
+            fh = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="strict")
             buf = fh.read(chunk_chars)
             pos = 0
             eof = len(buf) < chunk_chars
             in_array = None
-            n = 0
 
             def refill() -> None:
                 nonlocal buf, pos, eof
@@ -207,30 +206,43 @@ def _iter_json(path: Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[int, An
                     if in_array:
                         pos += 1
                         continue
-                if in_array and ch == "]":
-                    return
-                while True:
-                    try:
-                        obj, end = decoder.raw_decode(buf, pos)
-                        break
-                    except json.JSONDecodeError as exc:
-                        if eof:
-                            n += 1
-                            raw = buf[pos : pos + EXCERPT_CHARS].encode("utf-8", "replace")
-                            yield n, None, f"malformed_json (at element {n}; rest of file unreadable: {exc.msg})", raw
-                            return
+                if in_array and ch == "]":  # end of one top-level array; another value may follow
+                    pos += 1
+                    in_array = None
+                    continue
+                try:
+                    obj, end = decoder.raw_decode(buf, pos)
+                except json.JSONDecodeError as exc:
+                    if not eof:
                         refill()
+                        continue
+                    n += 1
+                    detail = f"at element {n}; rest of file unreadable: {exc.msg}: {buf[pos:pos + 120]}"
+                    yield n, None, "malformed_json", detail.encode("utf-8", "replace")
+                    return
+                if end >= len(buf) and not eof:  # a value touching the buffer end may be cut (e.g. 12|34)
+                    refill()
+                    continue
                 n += 1
                 yield n, obj, None, b""
                 pos = end
                 if pos > chunk_chars and not eof:
                     refill()
     except UnicodeDecodeError:
-        yield 0, None, "invalid_utf8 (file is not UTF-8; whole file unreadable)", b""
+        yield n + 1, None, "invalid_utf8", f"file is not UTF-8 after element {n}; rest unreadable".encode()
+
+
+def _unreadable(source: SourceConfig, fname: str, line_no: int, exc: BaseException) -> dict[str, Any]:
+    return {"source": source.name, "file": fname, "line_no": line_no, "reject_reason": "unreadable_file",
+            "raw_excerpt": f"{type(exc).__name__}: {exc}"[:EXCERPT_CHARS]}
 
 
 def iter_rows(source: SourceConfig, path: Path) -> Iterator[dict[str, Any]]:
-    """All ``raw_documents`` rows of one file (good and rejected)."""
+    """All ``raw_documents`` rows of one file (good and rejected).
+
+    A file that breaks off (truncated gzip, corrupt Parquet) keeps the rows read so far and adds
+    one ``unreadable_file`` row at the position where reading failed.
+    """
     kind = file_kind(path)
     fname = str(path)
     if kind == "unknown":
@@ -240,23 +252,28 @@ def iter_rows(source: SourceConfig, path: Path) -> Iterator[dict[str, Any]]:
     if kind == "parquet":
         try:
             pf = pq.ParquetFile(path)
-        except Exception as exc:  # noqa: BLE001 - any unreadable parquet becomes a quarantine row
+        except Exception as exc:  # noqa: BLE001 - any unopenable parquet becomes one quarantine row
             yield {"source": source.name, "file": fname, "line_no": 0,
                    "reject_reason": "unreadable_parquet", "raw_excerpt": str(exc)[:EXCERPT_CHARS]}
             return
-        row_no = 0
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS):
-            for rec in batch.to_pylist():
-                row_no += 1
-                yield record_row(source, fname, row_no, rec)
-        return
-    it = _iter_jsonl(path) if kind == "jsonl" else _iter_json(path)
-    for line_no, rec, err, raw in it:
-        if err:
-            yield {"source": source.name, "file": fname, "line_no": line_no,
-                   "reject_reason": err, "raw_excerpt": _excerpt(raw)}
-        else:
-            yield record_row(source, fname, line_no, rec)
+    last = 0
+    try:
+        if kind == "parquet":
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+                for rec in batch.to_pylist():
+                    last += 1
+                    yield record_row(source, fname, last, rec)
+            return
+        it = _iter_jsonl(path) if kind == "jsonl" else _iter_json(path)
+        for line_no, rec, err, raw in it:
+            last = line_no
+            if err:
+                yield {"source": source.name, "file": fname, "line_no": line_no,
+                       "reject_reason": err, "raw_excerpt": _excerpt(raw)}
+            else:
+                yield record_row(source, fname, line_no, rec)
+    except (OSError, EOFError, zlib.error, pa.ArrowException) as exc:
+        yield _unreadable(source, fname, last + 1, exc)
 
 
 def input_signature(cfg: Config) -> list[tuple[str, str, int, int]]:

@@ -213,16 +213,25 @@ def stage_fingerprint(stage: Stage, ctx: Context) -> str:
         parts.append(_module_version(teacher))
     if stage.name == "neighbours":
         parts.append(_module_version(mine))
-        parts.append(str(all((_embeddings_dir(ctx) / f).exists() for f in
-                             ("document_embeddings.npy", "query_embeddings.npy", "ann_index.usearch"))))
     return sha(*parts)
+
+
+EMBEDDING_FILES = ("document_embeddings.npy", "document_ids.txt", "query_embeddings.npy", "query_ids.txt",
+                   "ann_index.usearch")
+
+
+def _outputs_present(stage: Stage, ctx: Context) -> bool:
+    """Files a stage writes besides its layer (the neighbours stage writes the embeddings/ export)."""
+    if stage.name == "neighbours":
+        return all((_embeddings_dir(ctx) / f).exists() for f in EMBEDDING_FILES)
+    return True
 
 
 def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
     """Materialize one stage unless it is fresh; check its contract; record its state."""
     wh = ctx.wh
     fp = stage_fingerprint(stage, ctx)
-    if not force and wh.is_fresh(stage.name, fp):
+    if not force and wh.is_fresh(stage.name, fp) and _outputs_present(stage, ctx):
         st = wh.state(stage.name) or {}
         return LayerResult(stage.name, int(st.get("rows", 0)), 0.0, skipped=True, fingerprint=fp,
                            extra=st.get("extra", {}))

@@ -160,6 +160,8 @@ class Warehouse:
         }
         for name, value in variables.items():
             self.con.execute(f"SET VARIABLE {name} = ?", [value])
+        self.con.execute("SET VARIABLE source_url_prefix = MAP(?::VARCHAR[], ?::VARCHAR[])",
+                         [[s.name for s in c.sources], [s.url_prefix for s in c.sources]])
 
     # ---- layers ---------------------------------------------------------------------------
     def layer_path(self, name: str) -> Path:
@@ -222,7 +224,7 @@ class Warehouse:
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         self.con.execute(
-            f"COPY ({select_sql}) TO {_q(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)"
+            f"COPY (\n{select_sql}\n) TO {_q(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)"
         )
         os.replace(tmp, final)
         self._create_view(name)

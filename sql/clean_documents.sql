@@ -23,9 +23,11 @@ WITH raw AS (
 ),
 ids AS (
     -- doc_id = <source>:<original id>; records without an id use their title; a repeated id
-    -- within a source gets a ~N suffix (first occurrence, by file and line, keeps the bare id).
+    -- within a source gets a ~N suffix (first occurrence, by file and line, keeps the bare id;
+    -- a '~' inside an original id is written '~~').
     SELECT *,
-        coalesce(orig_id, title) AS base_id,
+        -- '~' is doubled in ids so a suffix ~N can never collide with an original id
+        replace(coalesce(orig_id, title), '~', '~~') AS base_id,
         row_number() OVER (PARTITION BY source, coalesce(orig_id, title) ORDER BY file, line_no) AS id_rank
     FROM raw
 ),
@@ -53,7 +55,7 @@ s5 AS (  -- file / category / image links removed entirely
 ),
 s6 AS (  -- [[target|label]] -> label, [[target]] -> target
     SELECT * REPLACE (regexp_replace(raw_text,
-        '\[\[(?:[^\]|]*\|)?([^\]|]*)\]\]', '\1', 'g') AS raw_text) FROM s5
+        '\[\[(?:[^\]|]*\|)?((?:[^\[\]|]|\[[^\[\]]*\])*)\]\]', '\1', 'g') AS raw_text) FROM s5
 ),
 s7 AS (  -- [br] -> newline; other macros (after links, so [[x]] is not taken for [x]) [include(...)], [age(...)], [목차], [date] -> removed
     SELECT * REPLACE (regexp_replace(regexp_replace(raw_text,
@@ -76,11 +78,11 @@ s10 AS (  -- strikethrough content removed; bold/italic/underline/sup/sub marker
         '''''''|''''|__|\^\^|,,', '', 'g'),
         '(?m)^[ \t]*(>+[ \t]*|\*+[ \t]+|[0-9]+\.[ \t]+)', '', 'g') AS raw_text) FROM s9
 ),
-s11 AS (  -- whitespace: spaces collapsed, blank-line runs -> one paragraph break, trimmed
+s11 AS (  -- whitespace: spaces collapsed, blank-line runs -> one paragraph break, spaces/newlines trimmed
     SELECT * REPLACE (trim(regexp_replace(regexp_replace(regexp_replace(raw_text,
         '[ \t\x0B\f\x{00A0}\x{3000}]+', ' ', 'g'),
         ' ?\n ?', chr(10), 'g'),
-        '\n{3,}', chr(10) || chr(10), 'g')) AS raw_text) FROM s10
+        '\n{3,}', chr(10) || chr(10), 'g'), ' ' || chr(10)) AS raw_text) FROM s10
 ),
 flagged AS (
     SELECT
@@ -101,7 +103,7 @@ flagged AS (
 )
 SELECT
     doc_id, source, orig_id, url, title, language, namespace, text, n_chars, file, line_no,
-    CASE
+    CASE  -- exact duplicate texts: the first by (source, file, line) is kept
         WHEN filter_reason IS NOT NULL THEN filter_reason
         WHEN getvariable('clean_dedupe') AND row_number() OVER (
                 PARTITION BY text_md5, filter_reason IS NULL ORDER BY source, file, line_no) > 1
