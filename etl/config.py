@@ -147,9 +147,9 @@ class MiningConfig:
     skip_top: int = 0  # ignore the r highest-ranked candidates (rank window start)
     exact_below: int = 50_000  # brute-force exact search when there are fewer passages
     dtype: str = "f32"  # f32 | f16 | i8 | bf16 ; set explicitly (REFERENCE.md section 4)
-    connectivity: int = 32
-    expansion_add: int = 256
-    expansion_search: int = 256
+    connectivity: int = 16
+    expansion_add: int = 128
+    expansion_search: int = 128
 
 
 @dataclass

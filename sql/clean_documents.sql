@@ -16,75 +16,92 @@ WITH raw AS (
     SELECT
         source, file, line_no, orig_id, url, language, namespace,
         trim(regexp_replace(nfc_normalize(title), '\s+', ' ', 'g')) AS title,
-        nfc_normalize(replace(replace(text, chr(13) || chr(10), chr(10)), chr(13), chr(10))) AS raw_text,
+        -- NFC only where a character outside NFC-stable ranges occurs (ASCII..U+02FF, punctuation,
+        -- CJK symbols, CJK ideographs, precomposed Hangul): nfc_normalize costs ~4x this check
+        CASE WHEN regexp_matches(text, '[^\x00-\x{02FF}\x{2010}-\x{2027}\x{2030}-\x{205E}\x{3000}-\x{3029}\x{3030}-\x{303F}\x{4E00}-\x{9FFF}\x{AC00}-\x{D7A3}]')
+             THEN nfc_normalize(replace(replace(text, chr(13) || chr(10), chr(10)), chr(13), chr(10)))
+             ELSE replace(replace(text, chr(13) || chr(10), chr(10)), chr(13), chr(10)) END AS raw_text,
         regexp_matches(left(text, 200), '^\s*#(?i:redirect|넘겨주기)\s') AS is_redirect
     FROM raw_documents
     WHERE reject_reason IS NULL
 ),
-ids AS (
+keys AS (
     -- doc_id = <source>:<original id>; records without an id use their title; a repeated id
-    -- within a source gets a ~N suffix (first occurrence, by file and line, keeps the bare id;
-    -- a '~' inside an original id is written '~~').
-    SELECT *,
-        -- '~' is doubled in ids so a suffix ~N can never collide with an original id
-        replace(coalesce(orig_id, title), '~', '~~') AS base_id,
-        row_number() OVER (PARTITION BY source, coalesce(orig_id, title) ORDER BY file, line_no) AS id_rank
-    FROM raw
+    -- within a source gets a ~N suffix (first occurrence, by file and line, keeps the bare id).
+    -- Computed on a narrow projection (no text), so the window sorts keys, not documents.
+    SELECT source, file, line_no, base_id,
+        row_number() OVER (PARTITION BY source, base_id ORDER BY file, line_no) AS id_rank
+    FROM (SELECT source, file, line_no,
+                 -- '~' is doubled in ids so a suffix ~N can never collide with an original id
+                 replace(coalesce(orig_id, trim(regexp_replace(nfc_normalize(title), '\s+', ' ', 'g'))), '~', '~~') AS base_id
+          FROM raw_documents WHERE reject_reason IS NULL)
+),
+ids AS (
+    SELECT raw.*, keys.base_id, keys.id_rank FROM raw JOIN keys USING (source, file, line_no)
 ),
 -- one markup rule per step, applied in order ------------------------------------------------
 s1 AS (  -- "## comment" lines, horizontal rules, [목차]/[tableofcontents]
-    SELECT * REPLACE (regexp_replace(raw_text, '(?m)^(##[^\n]*|-{4,}\s*)$', '', 'g') AS raw_text) FROM ids
+    SELECT * REPLACE (CASE WHEN contains(raw_text, '##') OR contains(raw_text, '----')
+        THEN regexp_replace(raw_text, '(?m)^(##[^\n]*|-{4,}\s*)$', '', 'g') ELSE raw_text END AS raw_text) FROM ids
 ),
 s2 AS (  -- {{{#!html ...}}}, {{{#!syntax lang ...}}} keep inner text; drop the opener tokens
-    SELECT * REPLACE (regexp_replace(raw_text,
-        '\{\{\{#!(wiki|folding|html|syntax|style)[^\n]*|\{\{\{[+-][1-5]\s?|\{\{\{#[0-9A-Za-z,#]+\s', '', 'g') AS raw_text) FROM s1
+    SELECT * REPLACE (CASE WHEN contains(raw_text, '{{{') THEN regexp_replace(raw_text,
+        '\{\{\{#!(wiki|folding|html|syntax|style)[^\n]*|\{\{\{[+-][1-5]\s?|\{\{\{#[0-9A-Za-z,#]+\s', '', 'g')
+        ELSE raw_text END AS raw_text) FROM s1
 ),
 s3 AS (  -- remaining {{{ }}} braces, MediaWiki {{templates}} and <ref>...</ref>
-    SELECT * REPLACE (regexp_replace(regexp_replace(regexp_replace(raw_text,
+    SELECT * REPLACE (CASE WHEN contains(raw_text, '<ref') OR contains(raw_text, '{{') OR contains(raw_text, '}}}')
+        THEN regexp_replace(regexp_replace(regexp_replace(raw_text,
         '<ref[^>]*/>|<ref[^>]*>.*?</ref>', '', 'gs'),
         '\{\{[^{}]*\}\}', '', 'g'),
-        '\{\{\{|\}\}\}', '', 'g') AS raw_text) FROM s2
+        '\{\{\{|\}\}\}', '', 'g') ELSE raw_text END AS raw_text) FROM s2
 ),
 s4 AS (  -- footnotes [* ...] / [*A ...], which may contain [[links]]: removed with their text
-    SELECT * REPLACE (regexp_replace(raw_text,
-        '\[\*[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]', '', 'g') AS raw_text) FROM s3
+    SELECT * REPLACE (CASE WHEN contains(raw_text, '[*') THEN regexp_replace(raw_text,
+        '\[\*[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]', '', 'g') ELSE raw_text END AS raw_text) FROM s3
 ),
 s5 AS (  -- file / category / image links removed entirely
-    SELECT * REPLACE (regexp_replace(raw_text,
-        '\[\[\s*(파일|분류|File|Category|이미지|Image)\s*:[^\]]*\]\]', '', 'g') AS raw_text) FROM s4
+    SELECT * REPLACE (CASE WHEN contains(raw_text, '[[') THEN regexp_replace(raw_text,
+        '\[\[\s*(파일|분류|File|Category|이미지|Image)\s*:[^\]]*\]\]', '', 'g') ELSE raw_text END AS raw_text) FROM s4
 ),
 s6 AS (  -- [[target|label]] -> label, [[target]] -> target
-    SELECT * REPLACE (regexp_replace(raw_text,
-        '\[\[(?:[^\]|]*\|)?((?:[^\[\]|]|\[[^\[\]]*\])*)\]\]', '\1', 'g') AS raw_text) FROM s5
+    SELECT * REPLACE (CASE WHEN contains(raw_text, '[[') THEN regexp_replace(raw_text,
+        '\[\[(?:[^\]|]*\|)?((?:[^\[\]|]|\[[^\[\]]*\])*)\]\]', '\1', 'g') ELSE raw_text END AS raw_text) FROM s5
 ),
 s7 AS (  -- [br] -> newline; other macros (after links, so [[x]] is not taken for [x]) [include(...)], [age(...)], [목차], [date] -> removed
-    SELECT * REPLACE (regexp_replace(regexp_replace(raw_text,
-        '\[(br|BR)\]', chr(10), 'g'),
-        '\[[A-Za-z가-힣_]+(\((?:[^()\]]|\([^()]*\))*\))?\]', '', 'g') AS raw_text) FROM s6
+    SELECT * REPLACE (CASE WHEN contains(raw_text, '[') THEN regexp_replace(
+        replace(replace(raw_text, '[br]', chr(10)), '[BR]', chr(10)),
+        '\[[A-Za-z가-힣_]+(\((?:[^()\]]|\([^()]*\))*\))?\]', '', 'g') ELSE raw_text END AS raw_text) FROM s6
 ),
 s8 AS (  -- headings (NamuMark "== x ==", MediaWiki " = = x = = ") become paragraph breaks
-    SELECT * REPLACE (regexp_replace(raw_text,
-        '(?m)^[ \t]*=(?:[ \t]*=)*[ \t]*#?[^=\n]+?#?[ \t]*=(?:[ \t]*=)*[ \t]*$', chr(10), 'g') AS raw_text) FROM s7
+    SELECT * REPLACE (CASE WHEN contains(raw_text, '=') THEN regexp_replace(raw_text,
+        '(?m)^[ \t]*=(?:[ \t]*=)*[ \t]*#?[^=\n]+?#?[ \t]*=(?:[ \t]*=)*[ \t]*$', chr(10), 'g') ELSE raw_text END AS raw_text) FROM s7
 ),
 s9 AS (  -- tables: cell attributes <...> and html tags removed, || cell separators -> space
-    SELECT * REPLACE (regexp_replace(regexp_replace(raw_text,
-        '<[^<>\n]{0,120}>', '', 'g'),
-        '\|\|', ' ', 'g') AS raw_text) FROM s8
+    SELECT * REPLACE (replace(CASE WHEN contains(raw_text, '<') THEN regexp_replace(raw_text,
+        '<[^<>\n]{0,120}>', '', 'g') ELSE raw_text END,
+        '||', ' ') AS raw_text) FROM s8
 ),
 s10 AS (  -- strikethrough content removed; bold/italic/underline/sup/sub markers removed
-    SELECT * REPLACE (regexp_replace(regexp_replace(regexp_replace(regexp_replace(raw_text,
-        '~~[^~\n]*~~', '', 'g'),
-        '(^|[^-])--[^-\s][^\n]*?--', '\1', 'g'),
-        '''''''|''''|__|\^\^|,,', '', 'g'),
-        '(?m)^[ \t]*(>+[ \t]*|\*+[ \t]+|[0-9]+\.[ \t]+)', '', 'g') AS raw_text) FROM s9
+    SELECT * REPLACE (regexp_replace(s10c, '(?m)^[ \t]*(>+[ \t]*|\*+[ \t]+|[0-9]+\.[ \t]+)', '', 'g') AS raw_text)
+    FROM (SELECT *,
+        CASE WHEN contains(s10b, '''''') OR contains(s10b, '__') OR contains(s10b, '^^') OR contains(s10b, ',,')
+             THEN regexp_replace(s10b, '''''''|''''|__|\^\^|,,', '', 'g') ELSE s10b END AS s10c
+    FROM (SELECT *,
+        CASE WHEN contains(s10a, '--') THEN regexp_replace(s10a, '(^|[^-])--[^-\s][^\n]*?--', '\1', 'g') ELSE s10a END AS s10b
+    FROM (SELECT *,
+        CASE WHEN contains(raw_text, '~~') THEN regexp_replace(raw_text, '~~[^~\n]*~~', '', 'g') ELSE raw_text END AS s10a
+    FROM s9)))
 ),
-s11 AS (  -- whitespace: spaces collapsed, blank-line runs -> one paragraph break, spaces/newlines trimmed
-    SELECT * REPLACE (trim(regexp_replace(regexp_replace(regexp_replace(raw_text,
-        '[ \t\x0B\f\x{00A0}\x{3000}]+', ' ', 'g'),
-        ' ?\n ?', chr(10), 'g'),
+s11 AS (  -- whitespace: spaces collapsed, blank-line runs -> one paragraph break, trimmed
+    -- same result as '[ \t\x0B\f\x{00A0}\x{3000}]+' -> ' ' and ' ?\n ?' -> '\n', without rewriting every
+    -- single space / newline by itself
+    SELECT * EXCLUDE (s10a, s10b, s10c) REPLACE (trim(regexp_replace(regexp_replace(regexp_replace(raw_text,
+        '[ \t\x0B\f\x{00A0}\x{3000}]{2,}|[\t\x0B\f\x{00A0}\x{3000}]', ' ', 'g'),
+        ' \n ?|\n ', chr(10), 'g'),
         '\n{3,}', chr(10) || chr(10), 'g'), ' ' || chr(10)) AS raw_text) FROM s10
 ),
-flagged AS (
+flagged AS MATERIALIZED (
     SELECT
         source || ':' || base_id || CASE WHEN id_rank > 1 THEN '~' || id_rank ELSE '' END AS doc_id,
         source, orig_id,
@@ -100,14 +117,17 @@ flagged AS (
             WHEN length(raw_text) > getvariable('clean_max_chars') THEN 'too_long'
         END AS filter_reason
     FROM s11
+),
+dups AS (  -- narrow: the window sorts (md5, source, file, line_no), not documents
+    SELECT doc_id, row_number() OVER (
+               PARTITION BY text_md5, filter_reason IS NULL ORDER BY source, file, line_no) AS dup_rank
+    FROM flagged
 )
 SELECT
     doc_id, source, orig_id, url, title, language, namespace, text, n_chars, file, line_no,
-    CASE  -- exact duplicate texts: the first by (source, file, line) is kept
+    CASE
         WHEN filter_reason IS NOT NULL THEN filter_reason
-        WHEN getvariable('clean_dedupe') AND row_number() OVER (
-                PARTITION BY text_md5, filter_reason IS NULL ORDER BY source, file, line_no) > 1
-            THEN 'duplicate_text'
+        WHEN getvariable('clean_dedupe') AND dup_rank > 1 THEN 'duplicate_text'
     END AS drop_reason
-FROM flagged
+FROM flagged JOIN dups USING (doc_id)
 ORDER BY doc_id

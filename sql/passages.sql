@@ -1,78 +1,64 @@
 -- Layer passages: documents cut into passages at sentence / line boundaries.
 --
+-- Computed per document with list functions: every step is a per-row projection (streams, runs in
+-- parallel, bounded memory) and only the final passages are unnested. (A row-per-sentence version
+-- with window functions and an ordered string_agg ran out of memory at 1M documents.)
+--
 -- 1. A sentence ends after . ! ? 。 … followed by a space, or at a line break (kept as a newline).
 -- 2. A sentence longer than piece = max - target - min characters is cut into pieces of that size.
--- 3. Each piece gets its start offset in the document; passage = floor(offset / target). So a
---    passage starts before `target` characters are filled and can overshoot by at most one piece.
+-- 3. Each piece gets its start offset in the document; passage = floor(offset / target).
 -- 4. A trailing passage shorter than `min` is merged into the one before it.
--- Hence every passage is at most chunk.max_chars long (checked below).
 --
 -- @unique: passage_id
 -- @not_null: passage_id, doc_id, source, title, chunk_no, text
 -- @check: length(text) BETWEEN 1 AND getvariable('chunk_max_chars')
-WITH params AS (
-    SELECT getvariable('chunk_target_chars') AS target,
-           getvariable('chunk_max_chars') - getvariable('chunk_target_chars') - getvariable('chunk_min_chars') AS piece,
-           getvariable('chunk_min_chars') AS min_chars
-),
-split AS (
+WITH split AS (
     SELECT doc_id, source, title,
-           -- a line break becomes chr(30) + boundary, so passages keep their line structure
            string_split(regexp_replace(regexp_replace(text, '\s*\n\s*', chr(30) || chr(31), 'g'),
                                        '([.!?。…]) +', '\1' || chr(31), 'g'), chr(31)) AS sents
     FROM documents
 ),
-sentences AS (
-    SELECT doc_id, source, title, unnest(sents) AS sentence, generate_subscripts(sents, 1) AS sent_no
+marked AS (  -- (sentence, ends a line), empty sentences dropped
+    SELECT doc_id, source, title,
+           list_filter(list_transform(sents, lambda s: {'s': trim(replace(s, chr(30), '')), 'le': ends_with(s, chr(30))}),
+                       lambda x: length(x.s) > 0) AS ms
     FROM split
 ),
-marked AS (  -- line_end: the sentence ended a line; joined back with a newline instead of a space
-    SELECT doc_id, source, title, sent_no, ends_with(sentence, chr(30)) AS line_end,
-           trim(replace(sentence, chr(30), '')) AS sentence
-    FROM sentences
+pieces AS (  -- over-long sentences cut into pieces; the line end stays on the last piece
+    SELECT doc_id, source, title,
+           flatten(list_transform(ms, lambda x: list_transform(
+               range(0, greatest(1, ceil(length(x.s) / (getvariable('chunk_max_chars') - getvariable('chunk_target_chars') - getvariable('chunk_min_chars')))::BIGINT)),
+               lambda k: {'p': substr(x.s, 1 + k * (getvariable('chunk_max_chars') - getvariable('chunk_target_chars') - getvariable('chunk_min_chars')),
+                                 getvariable('chunk_max_chars') - getvariable('chunk_target_chars') - getvariable('chunk_min_chars')),
+                     'le': x.le AND k = ceil(length(x.s) / (getvariable('chunk_max_chars') - getvariable('chunk_target_chars') - getvariable('chunk_min_chars')))::BIGINT - 1}))) AS ps
+    FROM marked
 ),
-pieces AS (  -- over-long sentences cut into pieces of at most `piece` characters
-    SELECT s.doc_id, s.source, s.title, s.sent_no, r.piece_no,
-           substr(s.sentence, 1 + r.piece_no * p.piece, p.piece) AS piece,
-           s.line_end AND r.piece_no = ceil(length(s.sentence) / p.piece)::BIGINT - 1 AS line_end
-    FROM marked s, params p,
-         LATERAL (SELECT unnest(range(0, greatest(1, ceil(length(s.sentence) / p.piece)::BIGINT))) AS piece_no) r
-    WHERE length(s.sentence) > 0
+lens AS (
+    SELECT *, list_transform(ps, lambda x: length(x.p) + 1) AS ln FROM pieces
 ),
-offsets AS (
-    SELECT *,
-           coalesce(sum(length(piece) + 1) OVER (
-               PARTITION BY doc_id ORDER BY sent_no, piece_no
-               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS start_offset
-    FROM pieces
+numbered AS (  -- raw chunk of each piece = start offset // target
+    SELECT doc_id, source, title, ps,
+           list_transform(range(len(ps)), lambda i: (coalesce(list_sum(ln[1:i]), 0) // getvariable('chunk_target_chars'))::BIGINT) AS rc
+    FROM lens
 ),
-numbered AS (
-    SELECT o.*, (o.start_offset // p.target)::BIGINT AS raw_chunk FROM offsets o, params p
-),
-chunks AS (
-    SELECT doc_id, source, title, raw_chunk,
-           -- pieces joined by a space, or a newline after a line end; the trailing separator is cut
-           rtrim(string_agg(piece || CASE WHEN line_end THEN chr(10) ELSE ' ' END, '' ORDER BY sent_no, piece_no),
-                 ' ' || chr(10)) AS text
+chunks AS (  -- pieces joined by a space, or a newline after a line end; the trailing separator is cut
+    SELECT doc_id, source, title,
+           -- chunk numbers with no piece (possible when a piece is longer than target) are skipped
+           list_filter(list_transform(range(0, coalesce(list_max(rc) + 1, 0)), lambda c: rtrim(array_to_string(
+               list_transform(list_filter(ps, lambda x, i: rc[i] = c), lambda x: x.p || CASE WHEN x.le THEN chr(10) ELSE ' ' END),
+               ''), ' ' || chr(10))), lambda t: length(t) > 0) AS ch
     FROM numbered
-    GROUP BY ALL
-),
-ranked AS (
-    SELECT *,
-           dense_rank() OVER (PARTITION BY doc_id ORDER BY raw_chunk) - 1 AS chunk_rank,
-           count(*) OVER (PARTITION BY doc_id) AS n_chunks
-    FROM chunks
 ),
 merged AS (  -- a short trailing chunk joins the previous one
     SELECT doc_id, source, title,
-           CASE WHEN chunk_rank = n_chunks - 1 AND chunk_rank > 0
-                     AND length(text) < (SELECT min_chars FROM params)
-                THEN chunk_rank - 1 ELSE chunk_rank END AS chunk_no,
-           chunk_rank, text
-    FROM ranked
+           CASE WHEN len(ch) > 1 AND length(ch[len(ch)]) < getvariable('chunk_min_chars')
+                THEN list_append(ch[1:len(ch) - 2], ch[len(ch) - 1] || chr(10) || ch[len(ch)])
+                ELSE ch END AS ch
+    FROM chunks
+),
+flat AS (
+    SELECT doc_id, source, title, unnest(ch) AS text, generate_subscripts(ch, 1) - 1 AS chunk_no FROM merged
 )
-SELECT doc_id || '#' || chunk_no AS passage_id, doc_id, source, title, chunk_no::INTEGER AS chunk_no,
-       string_agg(text, chr(10) ORDER BY chunk_rank) AS text
-FROM merged
-GROUP BY doc_id, source, title, chunk_no
+SELECT doc_id || '#' || chunk_no AS passage_id, doc_id, source, title, chunk_no::INTEGER AS chunk_no, text
+FROM flat
 ORDER BY passage_id
