@@ -82,20 +82,21 @@ def search(index, passages: np.ndarray, queries: np.ndarray, k: int, exact: bool
         matches = brute_force(passages, queries, k, metric="cos", exact=True)
     else:
         matches = index.search(queries, k)
-    keys = np.asarray(matches.keys).reshape(len(queries), -1)
+    n = len(queries)
+    keys = np.asarray(matches.keys).reshape(n, -1)[:, :k].astype(np.int64)
     counts = np.asarray(matches.counts).reshape(-1)
-    rows = np.full((len(queries), k), -1, dtype=np.int64)
-    sims = np.full((len(queries), k), np.nan, dtype=np.float64)
-    for i in range(len(queries)):
-        c = int(counts[i])
-        if c == 0:
-            continue
-        r = keys[i, :c].astype(np.int64)
-        s = passages[r] @ queries[i]
-        order = np.lexsort((r, -s))
-        rows[i, :c] = r[order]
-        sims[i, :c] = s[order]
-    return rows, sims
+    valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
+    keys = np.where(valid, keys, 0)
+    # exact float32 re-score of every retrieved passage, vectorized over the batch
+    vecs = np.asarray(passages[keys.reshape(-1)], dtype=np.float32).reshape(n, keys.shape[1], -1)
+    sims = np.einsum("nkd,nd->nk", vecs, np.asarray(queries, dtype=np.float32)).astype(np.float64)
+    sims = np.where(valid, sims, -np.inf)
+    order = np.lexsort((keys, -sims), axis=-1)  # similarity descending, then row number
+    keys = np.take_along_axis(keys, order, axis=-1)
+    sims = np.take_along_axis(sims, order, axis=-1)
+    valid = np.isfinite(sims)
+    rows = np.where(valid, keys, -1)
+    return rows, np.where(valid, sims, np.nan)
 
 
 NEIGHBOUR_SCHEMA = pa.schema([("query_id", pa.string()), ("rank", pa.int32()),
@@ -115,8 +116,8 @@ def write_neighbours(out: Path, passages_npy: Path, passage_ids: list[str], quer
     writer = pq.ParquetWriter(out, NEIGHBOUR_SCHEMA, compression="zstd")
     written = 0
     try:
-        for start in tqdm(range(0, len(Q), 4096), desc="neighbours", disable=not progress):
-            q = np.ascontiguousarray(Q[start : start + 4096])
+        for start in tqdm(range(0, len(Q), 1024), desc="neighbours", disable=not progress):
+            q = np.ascontiguousarray(Q[start : start + 1024])
             rows, sims = search(index, P, q, cfg.search_depth, exact)
             qi, rank = np.nonzero(rows >= 0)
             table = pa.table({
