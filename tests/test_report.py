@@ -1,12 +1,11 @@
 """The quality report (etl/report.py, sql/report/*.sql) on a pipeline run made here.
 
 The run uses the bundled sample corpus and a tiny bag-of-tokens sentence-transformers model built
-in the test (see test_trainer_compat.py), so it takes seconds.
+in the test (tests/tiny_models.py), so it takes seconds.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -19,75 +18,19 @@ pytest.importorskip("torch")
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("matplotlib")
 
-import torch  # noqa: E402
+from tiny_models import build_tiny_embedder  # noqa: E402
 
-from etl.config import DEFAULT_SQL_DIR, SAMPLE_DIR, load_config  # noqa: E402
+from etl.config import DEFAULT_SQL_DIR, load_config  # noqa: E402
 from etl.pipeline import run_pipeline  # noqa: E402
 from etl.report import PLOTS, c_tf_idf, extract_terms, md_table, write_report  # noqa: E402
 from etl.warehouse import Warehouse  # noqa: E402
 
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# the tokenizer of this test's tiny model trains on these + the sample corpus (not tiny_models.KO_SENTENCES)
+TOKENIZER_TEXTS = ["서울특별시는 대한민국의 수도이다.", "query: passage: 질문 문서"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ["## Overview", "## Scores by role", "## Teacher-score gap", "## Docs per query",
             "## Passages per source", "## Clusters and their top terms", "## Filter removals",
             "## Queries dropped, and why", "## Quarantine", "## Sample records"]
-
-
-def _sample_texts() -> list[str]:
-    texts: list[str] = []
-    for path in sorted(SAMPLE_DIR.rglob("*.json*")):
-        raw = path.read_text(encoding="utf-8")
-        records = json.loads(raw) if path.suffix == ".json" else []
-        if path.suffix == ".jsonl":
-            for line in raw.splitlines():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        texts += [r["text"] for r in records if isinstance(r, dict) and isinstance(r.get("text"), str)]
-    return texts
-
-
-def build_tiny_embedder(out_dir: Path) -> Path:
-    """Bag-of-tokens sentence-transformers model: WordPiece trained here + a 2-layer BERT, hidden 32."""
-    from sentence_transformers import SentenceTransformer
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    try:
-        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    except ImportError:  # sentence-transformers < 6
-        from sentence_transformers.models import Pooling, Transformer
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(["서울특별시는 대한민국의 수도이다.", "query: passage: 질문 문서"] + _sample_texts(),
-                            trainers.WordPieceTrainer(vocab_size=1000, special_tokens=SPECIALS))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    hf_dir = out_dir / "hf"
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                            sep_token="[SEP]", mask_token="[MASK]", model_max_length=128).save_pretrained(hf_dir)
-    torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                                num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
-    with torch.no_grad():
-        bert.embeddings.word_embeddings.weight.normal_(0.0, 1.0)
-        for special in SPECIALS:
-            bert.embeddings.word_embeddings.weight[tok.token_to_id(special)].zero_()
-        bert.embeddings.position_embeddings.weight.zero_()
-        bert.embeddings.token_type_embeddings.weight.zero_()
-        for layer in bert.encoder.layer:
-            for dense in (layer.attention.output.dense, layer.output.dense):
-                dense.weight.zero_()
-                dense.bias.zero_()
-    bert.save_pretrained(hf_dir)
-    st_dir = out_dir / "st"
-    SentenceTransformer(modules=[Transformer(str(hf_dir), max_seq_length=128), Pooling(32, "mean")],
-                        device="cpu").save(str(st_dir))
-    return st_dir
 
 
 def layers_con(warehouse: Path, only: tuple[str, ...] | None = None) -> duckdb.DuckDBPyConnection:
@@ -102,7 +45,7 @@ def layers_con(warehouse: Path, only: tuple[str, ...] | None = None) -> duckdb.D
 @pytest.fixture(scope="module")
 def report_run(tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("report_run")
-    model = build_tiny_embedder(root / "model")
+    model = build_tiny_embedder(root / "model", TOKENIZER_TEXTS)
     cfg = load_config(None, [f"paths.warehouse={root / 'warehouse'}", f"paths.export={root / 'export'}",
                              f"embedding.model={model}", "run.progress=false"])
     meta = run_pipeline(cfg, log=lambda *_: None)

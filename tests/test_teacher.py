@@ -3,14 +3,14 @@
 A tiny ``CrossEncoder`` (REFERENCE.md section 3: ``BertForSequenceClassification`` with
 ``num_labels=1`` plus a WordPiece tokenizer, saved to a temporary directory) scores the candidates;
 the embedder is the same kind of tiny bag-of-tokens sentence-transformers model as in
-test_trainer_compat.py. The teacher's judgement is random, so the checks are about plumbing: every
-scored row has a cross-encoder score, the exported scores follow the teacher's scores, and the
-ensemble is the mean of the per-query min-max normalized bi-encoder and cross-encoder scores.
+test_trainer_compat.py (both from tests/tiny_models.py). The teacher's judgement is random, so the
+checks are about plumbing: every scored row has a cross-encoder score, the exported scores follow
+the teacher's scores, and the ensemble is the mean of the per-query min-max normalized bi-encoder
+and cross-encoder scores.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,108 +21,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sentence_transformers")
 
-import torch  # noqa: E402
+from tiny_models import build_tiny_cross_encoder, build_tiny_embedder  # noqa: E402
 
-from etl.config import SAMPLE_DIR, load_config  # noqa: E402
+from etl.config import load_config  # noqa: E402
 from etl.embed import prepare_text  # noqa: E402
 from etl.pipeline import run_pipeline  # noqa: E402
 from etl.teacher import minmax_per_query  # noqa: E402
-
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-KO_SENTENCES = [
-    "서울특별시는 대한민국의 수도이자 최대 도시이다.", "세종은 훈민정음을 창제하였다.",
-    "블랙홀은 중력이 매우 강한 천체이다.", "라면은 국수를 끓는 물에 삶아 먹는 음식이다.",
-    "임진왜란은 1592년에 일어난 전쟁이다.", "은하수는 밤하늘을 가로지르는 빛의 띠이다.",
-    "query: passage: 질문 문서",
-]
-
-
-# ---- tiny models -----------------------------------------------------------------------------
-
-def _sample_texts() -> list[str]:
-    texts: list[str] = []
-    for path in sorted(SAMPLE_DIR.rglob("*.json*")):
-        raw = path.read_text(encoding="utf-8")
-        records = json.loads(raw) if path.suffix == ".json" else []
-        if path.suffix == ".jsonl":
-            for line in raw.splitlines():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        texts += [r["text"] for r in records if isinstance(r, dict) and isinstance(r.get("text"), str)]
-    return texts
-
-
-def _tokenizer(hf_dir: Path) -> Any:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(KO_SENTENCES + _sample_texts(),
-                            trainers.WordPieceTrainer(vocab_size=1000, special_tokens=SPECIALS))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
-    fast.save_pretrained(hf_dir)
-    return tok
-
-
-def _bert_config(vocab: int, **extra: Any) -> Any:
-    from transformers import BertConfig
-
-    return BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=128, **extra)
-
-
-def build_tiny_embedder(out_dir: Path) -> Path:
-    """Bag-of-tokens sentence-transformers model (see test_trainer_compat.py)."""
-    from sentence_transformers import SentenceTransformer
-    from transformers import BertModel
-
-    try:
-        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    except ImportError:  # sentence-transformers < 6
-        from sentence_transformers.models import Pooling, Transformer
-
-    hf_dir = out_dir / "hf"
-    tok = _tokenizer(hf_dir)
-    torch.manual_seed(0)
-    bert = BertModel(_bert_config(tok.get_vocab_size()))
-    with torch.no_grad():
-        bert.embeddings.word_embeddings.weight.normal_(0.0, 1.0)
-        for special in SPECIALS:
-            bert.embeddings.word_embeddings.weight[tok.token_to_id(special)].zero_()
-        bert.embeddings.position_embeddings.weight.zero_()
-        bert.embeddings.token_type_embeddings.weight.zero_()
-        for layer in bert.encoder.layer:
-            for dense in (layer.attention.output.dense, layer.output.dense):
-                dense.weight.zero_()
-                dense.bias.zero_()
-    bert.save_pretrained(hf_dir)
-    st_dir = out_dir / "st"
-    SentenceTransformer(modules=[Transformer(str(hf_dir), max_seq_length=128), Pooling(32, "mean")],
-                        device="cpu").save(str(st_dir))
-    return st_dir
-
-
-def build_tiny_cross_encoder(out_dir: Path) -> Path:
-    """A random BertForSequenceClassification (num_labels=1) + tokenizer: loads as CrossEncoder(path).
-
-    ``initializer_range=0.2`` (instead of 0.02) so that its scores actually differ between pairs.
-    """
-    from transformers import BertForSequenceClassification
-
-    tok = _tokenizer(out_dir)
-    torch.manual_seed(1)
-    model = BertForSequenceClassification(_bert_config(tok.get_vocab_size(), num_labels=1, initializer_range=0.2))
-    model.save_pretrained(out_dir)
-    return out_dir
-
 
 # ---- runs ------------------------------------------------------------------------------------
 

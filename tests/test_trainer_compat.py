@@ -8,9 +8,9 @@ softmax(teacher / T)).sum(1).mean(0)``. These tests run that on our own export: 
 dropped, no doc left over, and the loss must be finite on every group.
 
 The pipeline runs here (module-scoped) on the bundled sample corpus with a tiny model built in the
-test: a 2-layer BERT (hidden 32) whose attention and feed-forward outputs are zeroed, so each
-embedding is the mean of random token vectors, a bag-of-tokens projection that ranks lexically
-similar passages close enough for the default filters to leave records. A second run adds the real
+test (tests/tiny_models.py): a 2-layer BERT (hidden 32) whose attention and feed-forward outputs are
+zeroed, so each embedding is the mean of random token vectors, a bag-of-tokens projection that
+ranks lexically similar passages close enough for the default filters to leave records. A second run adds the real
 Namuwiki records from ``../shared/data/namuwiki-raw`` (two of them 250k-520k characters), skipped
 when that directory is absent.
 """
@@ -31,80 +31,15 @@ pytest.importorskip("sentence_transformers")
 pytest.importorskip("datasets")
 
 import torch  # noqa: E402
+from tiny_models import build_tiny_embedder  # noqa: E402
 
-from etl.config import SAMPLE_DIR, load_config  # noqa: E402
+from etl.config import load_config  # noqa: E402
 from etl.hfexport import SKIPPED_NO_DATASETS, export_datasets  # noqa: E402
 from etl.pipeline import run_pipeline  # noqa: E402
 
 NAMUWIKI_RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "namuwiki-raw"
 SAMPLE_NUM = 2  # sample_num_one_query in every shipped trainer config
 TEMPERATURE = 1.0
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-KO_SENTENCES = [
-    "서울특별시는 대한민국의 수도이자 최대 도시이다.", "세종은 훈민정음을 창제하였다.",
-    "블랙홀은 중력이 매우 강한 천체이다.", "라면은 국수를 끓는 물에 삶아 먹는 음식이다.",
-    "임진왜란은 1592년에 일어난 전쟁이다.", "은하수는 밤하늘을 가로지르는 빛의 띠이다.",
-    "query: passage: 질문 문서",
-]
-
-
-# ---- the tiny model --------------------------------------------------------------------------
-
-def _sample_texts() -> list[str]:
-    texts: list[str] = []
-    for path in sorted(SAMPLE_DIR.rglob("*.json*")):
-        raw = path.read_text(encoding="utf-8")
-        records = json.loads(raw) if path.suffix == ".json" else []
-        if path.suffix == ".jsonl":
-            for line in raw.splitlines():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        texts += [r["text"] for r in records if isinstance(r, dict) and isinstance(r.get("text"), str)]
-    return texts
-
-
-def build_tiny_embedder(out_dir: Path) -> Path:
-    """A bag-of-tokens sentence-transformers model: WordPiece trained here + a 2-layer BERT, hidden 32."""
-    from sentence_transformers import SentenceTransformer
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    try:
-        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    except ImportError:  # sentence-transformers < 6
-        from sentence_transformers.models import Pooling, Transformer
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(KO_SENTENCES + _sample_texts(),
-                            trainers.WordPieceTrainer(vocab_size=1000, special_tokens=SPECIALS))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    hf_dir = out_dir / "hf"
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                            sep_token="[SEP]", mask_token="[MASK]", model_max_length=128).save_pretrained(hf_dir)
-    torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                                num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
-    with torch.no_grad():  # residual-only layers: embedding = mean of LayerNorm(token vector)
-        bert.embeddings.word_embeddings.weight.normal_(0.0, 1.0)
-        for special in SPECIALS:
-            bert.embeddings.word_embeddings.weight[tok.token_to_id(special)].zero_()
-        bert.embeddings.position_embeddings.weight.zero_()
-        bert.embeddings.token_type_embeddings.weight.zero_()
-        for layer in bert.encoder.layer:
-            for dense in (layer.attention.output.dense, layer.output.dense):
-                dense.weight.zero_()
-                dense.bias.zero_()
-    bert.save_pretrained(hf_dir)
-    st_dir = out_dir / "st"
-    SentenceTransformer(modules=[Transformer(str(hf_dir), max_seq_length=128), Pooling(32, "mean")],
-                        device="cpu").save(str(st_dir))
-    return st_dir
 
 
 # ---- pipeline runs ---------------------------------------------------------------------------
