@@ -101,7 +101,7 @@ s11 AS (  -- whitespace: spaces collapsed, blank-line runs -> one paragraph brea
         ' \n ?|\n ', chr(10), 'g'),
         '\n{3,}', chr(10) || chr(10), 'g'), ' ' || chr(10)) AS raw_text) FROM s10
 ),
-flagged AS MATERIALIZED (
+flagged AS (
     SELECT
         source || ':' || base_id || CASE WHEN id_rank > 1 THEN '~' || id_rank ELSE '' END AS doc_id,
         source, orig_id,
@@ -117,17 +117,15 @@ flagged AS MATERIALIZED (
             WHEN length(raw_text) > getvariable('clean_max_chars') THEN 'too_long'
         END AS filter_reason
     FROM s11
-),
-dups AS (  -- narrow: the window sorts (md5, source, file, line_no), not documents
-    SELECT doc_id, row_number() OVER (
-               PARTITION BY text_md5, filter_reason IS NULL ORDER BY source, file, line_no) AS dup_rank
-    FROM flagged
 )
 SELECT
     doc_id, source, orig_id, url, title, language, namespace, text, n_chars, file, line_no,
     CASE
         WHEN filter_reason IS NOT NULL THEN filter_reason
-        WHEN getvariable('clean_dedupe') AND dup_rank > 1 THEN 'duplicate_text'
+        -- exact duplicate texts: the first by (source, file, line) is kept
+        WHEN getvariable('clean_dedupe') AND row_number() OVER (
+                PARTITION BY text_md5, filter_reason IS NULL ORDER BY source, file, line_no) > 1
+            THEN 'duplicate_text'
     END AS drop_reason
-FROM flagged JOIN dups USING (doc_id)
+FROM flagged
 ORDER BY doc_id
