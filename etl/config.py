@@ -150,6 +150,8 @@ class MiningConfig:
     connectivity: int = 16
     expansion_add: int = 128
     expansion_search: int = 128
+    index_memory_mb: int = 2048  # an HNSW index holds at most this much; more passages = several shards
+
 
 
 @dataclass
@@ -394,6 +396,7 @@ def validate(cfg: Config) -> None:
          f"top_k - skip_top = {m.top_k - m.skip_top} leaves fewer candidates than negatives.hard = {n.hard}")
     need(n.easy_pool >= n.easy, "negatives.easy_pool", "must be >= negatives.easy")
     need(m.search_depth >= m.top_k, "mining.search_depth", "must be >= mining.top_k")
+    need(m.index_memory_mb >= 16, "mining.index_memory_mb", "must be >= 16")
     f = cfg.filters
     need(0.0 <= f.relative_margin < 1.0, "filters.relative_margin", "must be in [0, 1)")
     need(f.absolute_margin >= 0.0, "filters.absolute_margin", "must be >= 0")

@@ -1,14 +1,21 @@
-"""Python stages over the embedding layers: ``neighbours`` (usearch) and ``clusters`` (k-means).
+"""Python stages over the embedding layers, and the cosine UDFs the ``candidates`` model calls.
 
-Embeddings are streamed out of DuckDB in record batches into ``.npy`` files (memory-mapped, in id
-order), which both stages then read in batches; nothing holds a whole table in Python objects.
+Stages: ``neighbours`` (usearch) and ``clusters`` (k-means).
+
+Embeddings are streamed out of DuckDB in record batches into ``.npy`` files (in id order), which
+the stages then read in batches through :class:`VectorStore`: a memory map whose touched pages are
+handed back to the kernel as the reads go, so the process's resident memory stays bounded however
+large the file. Nothing holds a whole table in Python objects, and one HNSW index never holds more
+than ``mining.index_memory_mb``: a larger corpus is indexed in shards whose results are merged.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,30 +24,36 @@ import pyarrow.parquet as pq
 from .config import ClusteringConfig, MiningConfig
 
 BATCH = 20_000
+QUERY_BATCH = 1024
+RELEASE_BYTES = 256 << 20  # hand mapped pages back after reading this much
 
 
 def export_embeddings(con, layer: str, id_col: str, npy_path: Path, ids_path: Path, dim: int) -> int:
     """Stream ``layer.embedding`` ordered by ``id_col`` into ``npy_path`` (+ one id per line in ``ids_path``).
 
-    Both files are written under temporary names and renamed when complete.
+    The array is written with plain sequential writes (no writable memory map, whose dirty pages
+    would count against the process), under temporary names renamed when complete.
     """
     n = int(con.execute(f"SELECT count(*) FROM {layer}").fetchall()[0][0])
     npy_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_npy = npy_path.with_name(f".{npy_path.name}.{os.getpid()}.tmp")
     tmp_ids = ids_path.with_name(f".{ids_path.name}.{os.getpid()}.tmp")
-    arr = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.float32, shape=(n, dim))
     reader = con.sql(f"SELECT {id_col}, embedding FROM {layer} ORDER BY {id_col}").to_arrow_reader(BATCH)
     row = 0
-    with open(tmp_ids, "w", encoding="utf-8") as fh:
+    with open(tmp_npy, "wb") as out, open(tmp_ids, "w", encoding="utf-8") as fh:
+        np.lib.format.write_array_header_1_0(
+            out, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                  "shape": (n, dim)})
         for batch in reader:
             ids = batch.column(0).to_pylist()
-            emb = batch.column(1)
-            flat = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-            arr[row : row + len(ids)] = flat.reshape(len(ids), dim)
+            flat = batch.column(1).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+            if flat.size != len(ids) * dim:
+                raise ValueError(f"{layer}: embeddings are not all {dim}-dimensional")
+            out.write(np.ascontiguousarray(flat).tobytes())
             fh.write("".join(i + "\n" for i in ids))
             row += len(ids)
-    arr.flush()
-    del arr
+    if row != n:
+        raise RuntimeError(f"{layer}: exported {row} rows, expected {n}")
     os.replace(tmp_npy, npy_path)
     os.replace(tmp_ids, ids_path)
     return n
@@ -52,15 +65,88 @@ def read_ids(path: Path) -> list[str]:
         return [line.rstrip("\n") for line in fh]
 
 
-def build_index(vectors: np.ndarray, cfg: MiningConfig, path: Path | None = None):
-    """Build a usearch HNSW index (cosine, explicit dtype) over ``vectors`` added in batches; save it."""
+class VectorStore:
+    """Rows of an ``.npy`` matrix read through a memory map that does not stay resident.
+
+    Reads copy rows out of the map; after every ``release_bytes`` read, the mapped pages are
+    dropped from this process (``madvise(MADV_DONTNEED)``; they stay in the kernel's page cache,
+    so re-reading them costs no disk I/O). Peak RSS is then bounded by the batch being read, not
+    by the file size.
+    """
+
+    def __init__(self, source: Path | np.ndarray, release_bytes: int = RELEASE_BYTES) -> None:
+        self.array = source if isinstance(source, np.ndarray) else np.load(Path(source), mmap_mode="r")
+        self.release_bytes = release_bytes
+        self._read = 0
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return int(self.array.shape[1])
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """float32 copy of the rows ``idx`` (any order, repeats allowed)."""
+        out = np.asarray(self.array[np.asarray(idx, dtype=np.int64)], dtype=np.float32)
+        self._account(out.nbytes)
+        return out
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        """float32 copy of rows ``start:stop``."""
+        out = np.array(self.array[start:stop], dtype=np.float32)
+        self._account(out.nbytes)
+        return out
+
+    def _account(self, nbytes: int) -> None:
+        self._read += nbytes
+        if self._read >= self.release_bytes:
+            self.release()
+
+    def release(self) -> None:
+        """Drop this process's mapped pages of the file (no-op where madvise is unavailable)."""
+        self._read = 0
+        mm = getattr(self.array, "_mmap", None)
+        if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
+
+
+def bytes_per_vector(dim: int, cfg: MiningConfig) -> int:
+    """Upper estimate of one vector's memory in a usearch HNSW index.
+
+    Measured with usearch 2.x (``Index.memory_usage``): scalars + about 40 bytes per unit of
+    connectivity per slot, and the index grows its capacity in powers of two, so up to 2x that.
+    """
+    scalar = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2, "i8": 1, "b1": 1 / 8}.get(cfg.dtype, 4)
+    return 2 * (int(math.ceil(dim * scalar)) + 40 * cfg.connectivity + 16)
+
+
+def shard_bounds(n: int, dim: int, cfg: MiningConfig) -> list[tuple[int, int]]:
+    """Row ranges of the index shards: equal parts, each within ``cfg.index_memory_mb``."""
+    per_shard = max(1, (cfg.index_memory_mb << 20) // bytes_per_vector(dim, cfg))
+    parts = max(1, math.ceil(n / per_shard))
+    edges = [round(i * n / parts) for i in range(parts + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(parts)]
+
+
+def as_store(vectors: VectorStore | np.ndarray) -> VectorStore:
+    """``vectors`` as a :class:`VectorStore` (an in-memory matrix is wrapped as is)."""
+    return vectors if isinstance(vectors, VectorStore) else VectorStore(vectors)
+
+
+def build_index(vectors: VectorStore | np.ndarray, cfg: MiningConfig, path: Path | None = None,
+                start: int = 0, stop: int | None = None):
+    """Build a usearch HNSW index (cosine, explicit dtype) over rows ``start:stop``, keyed by row; save it."""
     from usearch.index import Index
 
-    index = Index(ndim=vectors.shape[1], metric="cos", dtype=cfg.dtype, connectivity=cfg.connectivity,
+    store = as_store(vectors)
+    stop = len(store) if stop is None else stop
+    index = Index(ndim=store.dim, metric="cos", dtype=cfg.dtype, connectivity=cfg.connectivity,
                   expansion_add=cfg.expansion_add, expansion_search=cfg.expansion_search)
-    for start in range(0, len(vectors), 100_000):
-        chunk = np.ascontiguousarray(vectors[start : start + 100_000])
-        index.add(np.arange(start, start + len(chunk), dtype=np.uint64), chunk)
+    for s in range(start, stop, 100_000):
+        chunk = store.slice(s, min(stop, s + 100_000))
+        index.add(np.arange(s, s + len(chunk), dtype=np.uint64), chunk)
     if path is not None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         index.save(str(tmp))
@@ -68,35 +154,41 @@ def build_index(vectors: np.ndarray, cfg: MiningConfig, path: Path | None = None
     return index
 
 
-def search(index, passages: np.ndarray, queries: np.ndarray, k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+def search(index, vectors: VectorStore | np.ndarray, queries: np.ndarray, k: int,
+           exact_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` passage rows per query, re-scored exactly in float32.
 
-    Returns (rows, sims), each (n_queries, k); rows are -1 and sims NaN where fewer than k matches
-    were found (usearch pads keys with 0, so ``counts`` is respected). Ties are broken by row
-    number so the result is deterministic.
+    ``index`` is a usearch index keyed by row number; with ``exact_rows`` (a float32 matrix of every
+    passage) the search is brute force instead. Returns (rows, sims), each (n_queries, k); rows are
+    -1 and sims NaN where fewer than k matches were found (usearch pads keys with 0, so ``counts``
+    is respected). Ties are broken by row number so the result is deterministic.
     """
     from usearch.index import search as brute_force
 
-    k = min(k, len(passages))
-    if exact:
-        matches = brute_force(passages, queries, k, metric="cos", exact=True)
+    store = as_store(vectors)
+    n = len(queries)
+    k = min(k, len(store))
+    if exact_rows is not None:
+        matches = brute_force(exact_rows, queries, k, metric="cos", exact=True)
     else:
         matches = index.search(queries, k)
-    n = len(queries)
     keys = np.asarray(matches.keys).reshape(n, -1)[:, :k].astype(np.int64)
     counts = np.asarray(matches.counts).reshape(-1)
     valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
     keys = np.where(valid, keys, 0)
     # exact float32 re-score of every retrieved passage, vectorized over the batch
-    vecs = np.asarray(passages[keys.reshape(-1)], dtype=np.float32).reshape(n, keys.shape[1], -1)
+    vecs = store.rows(keys.reshape(-1)).reshape(n, keys.shape[1], -1)
     sims = np.einsum("nkd,nd->nk", vecs, np.asarray(queries, dtype=np.float32)).astype(np.float64)
-    sims = np.where(valid, sims, -np.inf)
-    order = np.lexsort((keys, -sims), axis=-1)  # similarity descending, then row number
+    return _top(keys, np.where(valid, sims, -np.inf), k)
+
+
+def _top(keys: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (similarity descending, then row ascending) of each row; invalid = -inf."""
+    order = np.lexsort((keys, -sims), axis=-1)[:, :k]  # similarity descending, then row number
     keys = np.take_along_axis(keys, order, axis=-1)
     sims = np.take_along_axis(sims, order, axis=-1)
     valid = np.isfinite(sims)
-    rows = np.where(valid, keys, -1)
-    return rows, np.where(valid, sims, np.nan)
+    return np.where(valid, keys, -1), np.where(valid, sims, np.nan)
 
 
 NEIGHBOUR_SCHEMA = pa.schema([("query_id", pa.string()), ("rank", pa.int32()),
@@ -106,31 +198,129 @@ NEIGHBOUR_SCHEMA = pa.schema([("query_id", pa.string()), ("rank", pa.int32()),
 def write_neighbours(out: Path, passages_npy: Path, passage_ids: list[str], queries_npy: Path,
                      query_ids: list[str], cfg: MiningConfig, index_path: Path | None,
                      progress: bool = True) -> dict[str, float]:
-    """The ``neighbours`` layer: top-k passages per query with exact cosine similarity."""
+    """The ``neighbours`` layer: top-``search_depth`` passages per query with exact cosine similarity.
+
+    Below ``cfg.exact_below`` passages the search is exact. Above, one HNSW index per shard of at
+    most ``cfg.index_memory_mb``; with several shards, each is built, searched by every query and
+    freed in turn, and a running top-k per query (kept in files, not memory) merges their results.
+    """
     from tqdm import tqdm
 
-    P = np.load(passages_npy, mmap_mode="r")
-    Q = np.load(queries_npy, mmap_mode="r")
+    P = VectorStore(passages_npy)
+    Q = VectorStore(queries_npy)
+    n_q = len(Q)
+    k = min(cfg.search_depth, len(P))
     exact = len(P) < cfg.exact_below
-    index = build_index(P, cfg, index_path)
+    shards = [(0, len(P))] if exact else shard_bounds(len(P), P.dim, cfg)
+    work = out.with_name(f".{out.name}.topk")
+    best_rows = work.with_suffix(".rows") if len(shards) > 1 else None
+    best_sims = work.with_suffix(".sims") if len(shards) > 1 else None
+    if index_path is not None:  # index files of an earlier run (its shard count may differ)
+        for old in index_path.parent.glob(f"{index_path.stem}*{index_path.suffix}"):
+            old.unlink()
     writer = pq.ParquetWriter(out, NEIGHBOUR_SCHEMA, compression="zstd")
     written = 0
     try:
-        for start in tqdm(range(0, len(Q), 1024), desc="neighbours", disable=not progress):
-            q = np.ascontiguousarray(Q[start : start + 1024])
-            rows, sims = search(index, P, q, cfg.search_depth, exact)
-            qi, rank = np.nonzero(rows >= 0)
-            table = pa.table({
-                "query_id": pa.array([query_ids[start + i] for i in qi], pa.string()),
-                "rank": pa.array(rank + 1, pa.int32()),
-                "passage_id": pa.array([passage_ids[r] for r in rows[qi, rank]], pa.string()),
-                "similarity": pa.array(sims[qi, rank], pa.float64()),
-            })
-            writer.write_table(table)
-            written += len(table)
+        for si, (lo, hi) in enumerate(shards):
+            path = index_path
+            if index_path is not None and len(shards) > 1:
+                path = index_path.with_name(f"{index_path.stem}-{si:03d}-of-{len(shards):03d}{index_path.suffix}")
+            exact_rows = P.slice(0, len(P)) if exact else None
+            index = build_index(P, cfg, path, lo, hi)
+            last = si == len(shards) - 1
+            desc = "neighbours" if len(shards) == 1 else f"neighbours shard {si + 1}/{len(shards)}"
+            for start in tqdm(range(0, n_q, QUERY_BATCH), desc=desc, disable=not progress):
+                q = Q.slice(start, start + QUERY_BATCH)
+                rows, sims = search(index, P, q, k, exact_rows)
+                if best_rows is not None:
+                    rows, sims = _merge_running(best_rows, best_sims, start, rows, sims, k, first=si == 0)
+                if last:
+                    written += _write_batch(writer, query_ids, passage_ids, start, rows, sims)
+            del index, exact_rows
     finally:
         writer.close()
-    return {"exact_search": float(exact), "index_size": float(len(P)), "rows": float(written)}
+        for f in (best_rows, best_sims):
+            if f is not None:
+                f.unlink(missing_ok=True)
+    return {"exact_search": float(exact), "index_size": float(len(P)), "index_shards": float(len(shards)),
+            "rows": float(written)}
+
+
+def _merge_running(rows_file: Path, sims_file: Path, start: int, rows: np.ndarray, sims: np.ndarray, k: int,
+                   first: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Merge a batch's shard results into the running top-k kept in two flat files; return the merged batch."""
+    n = len(rows)
+    if not first:
+        with open(rows_file, "rb") as fr, open(sims_file, "rb") as fs:
+            fr.seek(start * k * 8)
+            fs.seek(start * k * 8)
+            old_rows = np.fromfile(fr, dtype=np.int64, count=n * k).reshape(n, k)
+            old_sims = np.fromfile(fs, dtype=np.float64, count=n * k).reshape(n, k)
+        keys = np.concatenate([old_rows, rows], axis=1)
+        sc = np.concatenate([old_sims, sims], axis=1)
+        sc = np.where(keys >= 0, np.nan_to_num(sc, nan=-np.inf), -np.inf)
+        rows, sims = _top(np.where(keys >= 0, keys, np.iinfo(np.int64).max), sc, k)
+    mode = "wb" if first and start == 0 else "r+b"
+    with open(rows_file, mode) as fr, open(sims_file, mode) as fs:
+        fr.seek(start * k * 8)
+        fs.seek(start * k * 8)
+        fr.write(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+        fs.write(np.ascontiguousarray(sims, dtype=np.float64).tobytes())
+    return rows, sims
+
+
+def _write_batch(writer: pq.ParquetWriter, query_ids: list[str], passage_ids: list[str], start: int,
+                 rows: np.ndarray, sims: np.ndarray) -> int:
+    qi, rank = np.nonzero(rows >= 0)
+    table = pa.table({
+        "query_id": pa.array([query_ids[start + i] for i in qi], pa.string()),
+        "rank": pa.array(rank + 1, pa.int32()),
+        "passage_id": pa.array([passage_ids[r] for r in rows[qi, rank]], pa.string()),
+        "similarity": pa.array(sims[qi, rank], pa.float64()),
+    })
+    writer.write_table(table)
+    return len(table)
+
+
+class CosineUDFs:
+    """DuckDB scalar functions giving cosine similarities by embedding row, for ``sql/candidates.sql``.
+
+    ``query_passage_cos(q_row, p_row)`` and ``passage_passage_cos(p_row, p_row)`` read rows of the
+    exported ``.npy`` files (row = position in id order, as written by :func:`export_embeddings`),
+    so the SQL never joins embedding lists: each call moves two integers in and one double out.
+    Computed in float64 per row, so a value never depends on how DuckDB batches the calls.
+    """
+
+    def __init__(self, passages_npy: Path, queries_npy: Path) -> None:
+        self.P = VectorStore(passages_npy)
+        self.Q = VectorStore(queries_npy)
+
+    @staticmethod
+    def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a = a.astype(np.float64)
+        b = b.astype(np.float64)
+        den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+
+    def _udf(self, left: VectorStore):
+        def fn(x: pa.Array, y: pa.Array) -> pa.Array:
+            i = x.to_numpy(zero_copy_only=False)
+            j = y.to_numpy(zero_copy_only=False)
+            return pa.array(self._cos(left.rows(i), self.P.rows(j)), pa.float64())
+        return fn
+
+    def register(self, con: Any) -> None:
+        """Create (or replace) ``query_passage_cos`` and ``passage_passage_cos`` on ``con``."""
+        import duckdb
+
+        big, dbl = duckdb.sqltype("BIGINT"), duckdb.sqltype("DOUBLE")
+        for name, left in (("query_passage_cos", self.Q), ("passage_passage_cos", self.P)):
+            try:
+                con.remove_function(name)
+            except Exception:  # noqa: BLE001 - not registered yet
+                pass
+            con.create_function(name, self._udf(left), [big, big], dbl, type="arrow", side_effects=False)
 
 
 def auto_k(n: int, k: int) -> int:
@@ -150,22 +340,22 @@ def write_clusters(out: Path, passages_npy: Path, passage_ids: list[str], cfg: C
     """
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
-    P = np.load(passages_npy, mmap_mode="r")
+    P = VectorStore(passages_npy)
     n = len(P)
     k = auto_k(n, cfg.k)
     if n <= cfg.minibatch_above:
-        model = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(np.asarray(P))
+        model = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(P.slice(0, n))
     else:
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(n, size=cfg.minibatch_above, replace=False))
         model = MiniBatchKMeans(n_clusters=k, batch_size=cfg.batch_size, n_init=3,
-                                random_state=seed).fit(np.asarray(P[sample]))
+                                random_state=seed).fit(P.rows(sample))
     centers = model.cluster_centers_.astype(np.float32)
     writer = pq.ParquetWriter(out, pa.schema([("passage_id", pa.string()), ("cluster_id", pa.int32()),
                                               ("centroid_distance", pa.float64())]), compression="zstd")
     try:
         for start in range(0, n, 100_000):
-            x = np.asarray(P[start : start + 100_000], dtype=np.float32)
+            x = P.slice(start, start + 100_000)
             d2 = (x * x).sum(1)[:, None] - 2 * x @ centers.T + (centers * centers).sum(1)[None, :]
             lab = d2.argmin(1)
             dist = np.sqrt(np.maximum(d2[np.arange(len(x)), lab], 0.0))

@@ -35,6 +35,7 @@ class Stage:
     python: Callable[[Context, Path], dict[str, Any]] | None = None
     contract: Contract | None = None  # for Python stages; SQL stages declare theirs in the file
     embeds: bool = False  # needs the embedding UDFs
+    cosines: bool = False  # needs the cosine-by-row UDFs over the exported embeddings (etl.mine.CosineUDFs)
 
     @property
     def is_sql(self) -> bool:
@@ -119,24 +120,42 @@ def _embeddings_dir(ctx: Context) -> Path:
     return ctx.cfg.export_dir / "embeddings"
 
 
-def _neighbours(ctx: Context, out: Path) -> dict[str, Any]:
-    dim = ctx.wh.con.execute("SELECT len(embedding) FROM passage_embeddings LIMIT 1").fetchall()[0][0]
+def _embedding_files(ctx: Context) -> tuple[Path, Path, Path, Path]:
+    """The exported embedding matrices and their id lists (written by the neighbours stage)."""
     edir = _embeddings_dir(ctx)
-    p_npy, p_ids = edir / "document_embeddings.npy", edir / "document_ids.txt"
-    q_npy, q_ids = edir / "query_embeddings.npy", edir / "query_ids.txt"
-    mine.export_embeddings(ctx.wh.con, "passage_embeddings", "passage_id", p_npy, p_ids, dim)
-    mine.export_embeddings(ctx.wh.con, "query_embeddings", "query_id", q_npy, q_ids, dim)
+    return (edir / "document_embeddings.npy", edir / "document_ids.txt",
+            edir / "query_embeddings.npy", edir / "query_ids.txt")
+
+
+def _export_embeddings(ctx: Context, passages: bool = True, queries: bool = True) -> None:
+    dim = ctx.wh.con.execute("SELECT len(embedding) FROM passage_embeddings LIMIT 1").fetchall()[0][0]
+    p_npy, p_ids, q_npy, q_ids = _embedding_files(ctx)
+    if passages:
+        mine.export_embeddings(ctx.wh.con, "passage_embeddings", "passage_id", p_npy, p_ids, dim)
+    if queries:
+        mine.export_embeddings(ctx.wh.con, "query_embeddings", "query_id", q_npy, q_ids, dim)
+
+
+def _neighbours(ctx: Context, out: Path) -> dict[str, Any]:
+    _export_embeddings(ctx)
+    p_npy, p_ids, q_npy, q_ids = _embedding_files(ctx)
     return mine.write_neighbours(out, p_npy, mine.read_ids(p_ids), q_npy, mine.read_ids(q_ids),
-                                 ctx.cfg.mining, edir / "ann_index.usearch", ctx.progress)
+                                 ctx.cfg.mining, _embeddings_dir(ctx) / "ann_index.usearch", ctx.progress)
 
 
 def _clusters(ctx: Context, out: Path) -> dict[str, Any]:
-    edir = _embeddings_dir(ctx)
-    p_npy, p_ids = edir / "document_embeddings.npy", edir / "document_ids.txt"
-    if not p_npy.exists():  # the export dir was removed since neighbours ran: write it again
-        dim = ctx.wh.con.execute("SELECT len(embedding) FROM passage_embeddings LIMIT 1").fetchall()[0][0]
-        mine.export_embeddings(ctx.wh.con, "passage_embeddings", "passage_id", p_npy, p_ids, dim)
+    p_npy, p_ids, _, _ = _embedding_files(ctx)
+    if not p_npy.exists() or not p_ids.exists():  # the export dir was removed since neighbours ran
+        _export_embeddings(ctx, queries=False)
     return mine.write_clusters(out, p_npy, mine.read_ids(p_ids), ctx.cfg.clustering, ctx.cfg.run.seed)
+
+
+def _register_cosines(ctx: Context) -> None:
+    """Register ``query_passage_cos`` / ``passage_passage_cos`` over the exported embeddings."""
+    p_npy, p_ids, q_npy, q_ids = _embedding_files(ctx)
+    if not all(f.exists() for f in (p_npy, p_ids, q_npy, q_ids)):
+        _export_embeddings(ctx)
+    mine.CosineUDFs(p_npy, q_npy).register(ctx.wh.con)
 
 
 STAGES: list[Stage] = [
@@ -163,7 +182,7 @@ STAGES: list[Stage] = [
     Stage("candidates", ("queries", "query_embeddings", "passage_embeddings", "neighbours", "clusters", "documents"),
           ("negatives", "mining.skip_top", "filters.exclude_same_document", "filters.near_duplicate_cosine",
            "filters.positive_max_rank",
-           "filters.drop_low_rank_positives", "run.seed")),
+           "filters.drop_low_rank_positives", "run.seed"), cosines=True),
     Stage("teacher_scores", ("candidates", "queries", "passages"), ("teacher", "mining.top_k"),
           python=_teacher_scores,
           contract=Contract(unique=[["query_id", "role", "rank"]], not_null=["query_id", "teacher_score"],
@@ -211,19 +230,23 @@ def stage_fingerprint(stage: Stage, ctx: Context) -> str:
         from . import teacher
 
         parts.append(_module_version(teacher))
-    if stage.name == "neighbours":
+    if stage.name == "neighbours" or stage.cosines:
         parts.append(_module_version(mine))
     return sha(*parts)
 
 
-EMBEDDING_FILES = ("document_embeddings.npy", "document_ids.txt", "query_embeddings.npy", "query_ids.txt",
-                   "ann_index.usearch")
+EMBEDDING_FILES = ("document_embeddings.npy", "document_ids.txt", "query_embeddings.npy", "query_ids.txt")
 
 
 def _outputs_present(stage: Stage, ctx: Context) -> bool:
-    """Files a stage writes besides its layer (the neighbours stage writes the embeddings/ export)."""
+    """Files a stage writes besides its layer.
+
+    The neighbours stage writes the embeddings/ export and the ANN index: ``ann_index.usearch``,
+    or one ``ann_index-NNN-of-MMM.usearch`` per shard.
+    """
     if stage.name == "neighbours":
-        return all((_embeddings_dir(ctx) / f).exists() for f in EMBEDDING_FILES)
+        edir = _embeddings_dir(ctx)
+        return all((edir / f).exists() for f in EMBEDDING_FILES) and any(edir.glob("ann_index*.usearch"))
     return True
 
 
@@ -253,6 +276,8 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
             extra["model"] = udfs.embedder.name
             ctx.refresh_cache_view()
         else:
+            if stage.cosines:
+                _register_cosines(ctx)
             rows = wh.materialize_sql(stage.name, _strip_sql(sql_text))
     else:
         assert stage.python is not None

@@ -31,18 +31,29 @@ SCHEMA = pa.schema([
 
 SELECT_SQL = """
 WITH usable AS (
-    SELECT c.*, row_number() OVER (
+    SELECT c.query_id, c.role, c.rank, c.passage_id, c.teacher_sim, row_number() OVER (
                PARTITION BY c.query_id, c.role ORDER BY c.rank > getvariable('top_k'), c.rank) AS pick
     FROM candidates c WHERE c.filter_reason IS NULL
 )
-SELECT u.query_id, u.role, u.rank, u.passage_id, u.teacher_sim AS bi_score, q.query,
-       CASE WHEN u.role = 'positive' AND q.positive_text IS NOT NULL THEN q.positive_text ELSE p.text END AS text
+SELECT u.query_id, u.role, u.rank, u.passage_id, u.teacher_sim AS bi_score{text_cols}
 FROM usable u
-JOIN queries q USING (query_id)
-JOIN passages p ON p.passage_id = u.passage_id
+{text_joins}
 WHERE u.role <> 'hard' OR u.pick <= getvariable('teacher_max_candidates')
 ORDER BY u.query_id, u.role, u.rank
 """
+TEXT_COLS = """, q.query,
+       CASE WHEN u.role = 'positive' AND q.positive_text IS NOT NULL THEN q.positive_text ELSE p.text END AS text"""
+TEXT_JOINS = """JOIN queries q USING (query_id)
+JOIN passages p ON p.passage_id = u.passage_id"""
+
+
+def select_sql(with_text: bool) -> str:
+    """The candidates to score, in query order; query and doc texts only when a model reads them.
+
+    The bi-encoder teacher needs no text, which keeps this narrow at millions of candidates.
+    """
+    return SELECT_SQL.format(text_cols=TEXT_COLS if with_text else "", text_joins=TEXT_JOINS if with_text else "")
+
 
 _MODELS: dict[tuple, Any] = {}
 
@@ -87,9 +98,9 @@ def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True
 
     t = cfg.teacher
     total = int(con.execute("SELECT count(*) FROM candidates WHERE filter_reason IS NULL").fetchall()[0][0])
-    reader = con.sql(SELECT_SQL).to_arrow_reader(50_000)
-    writer = pq.ParquetWriter(out, SCHEMA, compression="zstd")
     model = load_cross_encoder(t.cross_encoder, t.device, t.fp16) if t.kind != "biencoder" else None
+    reader = con.sql(select_sql(with_text=model is not None)).to_arrow_reader(50_000)
+    writer = pq.ParquetWriter(out, SCHEMA, compression="zstd")
     scored = 0
     pending: list[pa.RecordBatch] = []
     try:

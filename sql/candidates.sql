@@ -8,9 +8,13 @@
 --   easy      random passages from other clusters, outside the rank window (examples.sql also
 --             keeps every related/easy pick below every hard pick, so none can repeat a deep hard pick)
 -- teacher_sim = cosine similarity of the e5 query and passage embeddings.
+-- Cosines come from two functions the runner registers (etl/mine.py CosineUDFs):
+--   query_passage_cos(q_row, p_row), passage_passage_cos(p_row, p_row)
+-- over the exported embedding matrices (row = position in id order), so no embedding list is ever
+-- joined here: every row carries integers, and memory stays bounded at millions of queries.
 -- Filters: is_positive, rank_window (rank <= skip_top), same_document, same_title (the same subject
--- in another source; both switched by filters.exclude_same_document), near_duplicate (same normalized text as the positive passage, or cosine to it
--- >= filters.near_duplicate_cosine), same_cluster (easy only), in_neighbours, duplicate_draw, and on
+-- in another source; both switched by filters.exclude_same_document), near_duplicate (same normalized text as the positive passage, compared by
+-- md5 of the text without whitespace, lower-cased; or cosine to it >= filters.near_duplicate_cosine), same_cluster (easy only), in_neighbours, duplicate_draw, and on
 -- the positive itself positive_rank_too_low (more than filters.positive_max_rank passages of other
 -- documents score above it: the query does not retrieve its own passage).
 -- Random draws are md5(query_id, draw, seed) over passage indexes: deterministic, no cross join.
@@ -18,49 +22,55 @@
 -- @unique: query_id, role, rank
 -- @not_null: query_id, passage_id, role, rank, teacher_sim
 -- @check: isfinite(teacher_sim)
-WITH q0 AS (
-    SELECT q.query_id, q.doc_id, q.positive_passage_id, q.positive_fixed, lower(d.title) AS title_key,
-           qe.embedding AS q_emb, qe.positive_embedding
+WITH prow AS (  -- row of each passage in embeddings/document_embeddings.npy (exported in passage_id order)
+    SELECT passage_id, row_number() OVER (ORDER BY passage_id) - 1 AS p_row FROM passage_embeddings
+),
+qrow AS (  -- row of each query in embeddings/query_embeddings.npy; cosine to a modified positive's text
+    SELECT query_id, row_number() OVER (ORDER BY query_id) - 1 AS q_row, fixed_pos_sim
+    FROM (SELECT query_id,
+                 -- (list_transform: list_cosine_similarity rejects a column holding NULL lists,
+                 -- even on rows where the list is not NULL; DuckDB 2.0)
+                 list_cosine_similarity(embedding, list_transform(positive_embedding, lambda x: x)) AS fixed_pos_sim
+          FROM query_embeddings)
+),
+q0 AS (
+    SELECT q.query_id, q.positive_passage_id, q.positive_fixed, md5_number(q.doc_id) AS doc_key,
+           md5_number(lower(d.title)) AS title_key, r.q_row, r.fixed_pos_sim
     FROM queries q
-    JOIN query_embeddings qe USING (query_id)
+    JOIN qrow r USING (query_id)
     JOIN documents d ON d.doc_id = q.doc_id
 ),
 best AS (  -- teacher-best passage of the document, for queries without a fixed positive
-    SELECT q0.query_id, arg_max(p.passage_id, list_cosine_similarity(q0.q_emb, pe.embedding)) AS passage_id
-    FROM q0
-    JOIN passages p ON p.doc_id = q0.doc_id
-    JOIN passage_embeddings pe ON pe.passage_id = p.passage_id
-    WHERE NOT q0.positive_fixed
-    GROUP BY q0.query_id
-),
-q AS (
-    SELECT q0.* REPLACE (coalesce(best.passage_id, q0.positive_passage_id) AS positive_passage_id),
-           pe.embedding AS pos_passage_emb,
-           coalesce(q0.positive_embedding, pe.embedding) AS pos_emb,
-           lower(regexp_replace(ps.text, '\s+', '', 'g')) AS pos_norm_text
-    FROM q0
-    LEFT JOIN best USING (query_id)
-    JOIN passage_embeddings pe ON pe.passage_id = coalesce(best.passage_id, q0.positive_passage_id)
-    JOIN passages ps ON ps.passage_id = pe.passage_id
+    SELECT q.query_id, arg_max(p.passage_id, query_passage_cos(r.q_row, pr.p_row)) AS passage_id
+    FROM queries q
+    JOIN qrow r USING (query_id)
+    JOIN passages p ON p.doc_id = q.doc_id
+    JOIN prow pr ON pr.passage_id = p.passage_id
+    WHERE NOT q.positive_fixed
+    GROUP BY q.query_id
 ),
 lib AS (  -- every passage with its global and in-cluster index, for deterministic random draws
-    SELECT p.passage_id, p.doc_id, lower(p.title) AS title_key, c.cluster_id,
-           lower(regexp_replace(p.text, '\s+', '', 'g')) AS norm_text,
+    SELECT p.passage_id, md5_number(p.doc_id) AS doc_key, md5_number(lower(p.title)) AS title_key, c.cluster_id,
+           md5_number(lower(regexp_replace(p.text, '\s+', '', 'g'))) AS text_key, pr.p_row,
            row_number() OVER (ORDER BY p.passage_id) - 1 AS idx,
            row_number() OVER (PARTITION BY c.cluster_id ORDER BY p.passage_id) - 1 AS cidx,
            count(*) OVER (PARTITION BY c.cluster_id) AS csize
-    FROM passages p JOIN clusters c USING (passage_id)
+    FROM passages p JOIN clusters c USING (passage_id) JOIN prow pr USING (passage_id)
 ),
-qx AS (  -- query + positive's cluster + positive similarity
-    SELECT q.*, l.cluster_id AS pos_cluster, l.csize AS pos_csize,
-           list_cosine_similarity(q.q_emb, q.pos_emb) AS pos_sim
-    FROM q JOIN lib l ON l.passage_id = q.positive_passage_id
+qx AS (  -- query + resolved positive: its row, text key, cluster, and the query-positive similarity
+    SELECT q0.query_id, q0.doc_key, q0.title_key, q0.q_row,
+           coalesce(best.passage_id, q0.positive_passage_id) AS positive_passage_id,
+           l.p_row AS pos_row, l.text_key AS pos_text_key, l.cluster_id AS pos_cluster, l.csize AS pos_csize,
+           coalesce(q0.fixed_pos_sim, query_passage_cos(q0.q_row, l.p_row)) AS pos_sim
+    FROM q0
+    LEFT JOIN best USING (query_id)
+    JOIN lib l ON l.passage_id = coalesce(best.passage_id, q0.positive_passage_id)
 ),
 pos_rank AS (  -- 1 + passages of other documents scoring above the positive (capped by search_depth)
     SELECT qx.query_id, 1 + count(l.passage_id) AS positive_rank
     FROM qx
     LEFT JOIN neighbours n ON n.query_id = qx.query_id AND n.similarity > qx.pos_sim
-    LEFT JOIN lib l ON l.passage_id = n.passage_id AND l.doc_id <> qx.doc_id AND l.title_key <> qx.title_key
+    LEFT JOIN lib l ON l.passage_id = n.passage_id AND l.doc_key <> qx.doc_key AND l.title_key <> qx.title_key
     GROUP BY qx.query_id
 ),
 pos AS (
@@ -77,17 +87,16 @@ hard AS (
         CASE
             WHEN n.passage_id = qx.positive_passage_id THEN 'is_positive'
             WHEN n.rank <= getvariable('skip_top') THEN 'rank_window'
-            WHEN getvariable('exclude_same_document') AND l.doc_id = qx.doc_id THEN 'same_document'
+            WHEN getvariable('exclude_same_document') AND l.doc_key = qx.doc_key THEN 'same_document'
             WHEN getvariable('exclude_same_document') AND l.title_key = qx.title_key THEN 'same_title'
-            WHEN l.norm_text = qx.pos_norm_text
-                 OR list_cosine_similarity(pe.embedding, qx.pos_passage_emb) >= getvariable('near_duplicate_cosine')
+            WHEN l.text_key = qx.pos_text_key
+                 OR passage_passage_cos(l.p_row, qx.pos_row) >= getvariable('near_duplicate_cosine')
                 THEN 'near_duplicate'
         END AS filter_reason,
         NULL::BIGINT AS positive_rank
     FROM neighbours n
     JOIN qx USING (query_id)
     JOIN lib l USING (passage_id)
-    JOIN passage_embeddings pe ON pe.passage_id = n.passage_id
 ),
 n_lib AS (SELECT count(*) AS n FROM lib),
 draws AS (
@@ -97,26 +106,26 @@ draws AS (
     FROM qx, n_lib, range(getvariable('easy_pool')) t(draw)
 ),
 easy_raw AS (
-    SELECT d.query_id, l.passage_id, 'easy' AS role, d.draw + 1 AS rank, l.doc_id, l.title_key, l.cluster_id,
-           l.norm_text
+    SELECT d.query_id, l.passage_id, 'easy' AS role, d.draw + 1 AS rank, l.doc_key, l.title_key, l.cluster_id,
+           l.text_key, l.p_row
     FROM draws d JOIN lib l ON l.idx = d.idx
     WHERE getvariable('n_easy') > 0
 ),
 related_raw AS (
-    SELECT d.query_id, l.passage_id, 'related' AS role, d.draw + 1 AS rank, l.doc_id, l.title_key, l.cluster_id,
-           l.norm_text
+    SELECT d.query_id, l.passage_id, 'related' AS role, d.draw + 1 AS rank, l.doc_key, l.title_key, l.cluster_id,
+           l.text_key, l.p_row
     FROM draws d JOIN qx USING (query_id) JOIN lib l ON l.cluster_id = qx.pos_cluster AND l.cidx = d.cidx
     WHERE getvariable('n_related') > 0
 ),
 drawn AS (
     SELECT r.query_id, r.passage_id, r.role, r.rank,
-           list_cosine_similarity(qx.q_emb, pe.embedding) AS teacher_sim,
+           query_passage_cos(qx.q_row, r.p_row) AS teacher_sim,
            CASE
                WHEN r.passage_id = qx.positive_passage_id THEN 'is_positive'
-               WHEN getvariable('exclude_same_document') AND r.doc_id = qx.doc_id THEN 'same_document'
+               WHEN getvariable('exclude_same_document') AND r.doc_key = qx.doc_key THEN 'same_document'
                WHEN getvariable('exclude_same_document') AND r.title_key = qx.title_key THEN 'same_title'
-               WHEN r.norm_text = qx.pos_norm_text
-                    OR list_cosine_similarity(pe.embedding, qx.pos_passage_emb) >= getvariable('near_duplicate_cosine')
+               WHEN r.text_key = qx.pos_text_key
+                    OR passage_passage_cos(r.p_row, qx.pos_row) >= getvariable('near_duplicate_cosine')
                    THEN 'near_duplicate'
                WHEN r.role = 'easy' AND r.cluster_id = qx.pos_cluster THEN 'same_cluster'
                WHEN EXISTS (SELECT 1 FROM neighbours n WHERE n.query_id = r.query_id AND n.passage_id = r.passage_id
@@ -128,7 +137,6 @@ drawn AS (
            NULL::BIGINT AS positive_rank
     FROM (SELECT * FROM easy_raw UNION ALL SELECT * FROM related_raw) r
     JOIN qx USING (query_id)
-    JOIN passage_embeddings pe ON pe.passage_id = r.passage_id
 )
 SELECT * FROM pos
 UNION ALL SELECT * FROM hard
