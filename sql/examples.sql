@@ -54,32 +54,47 @@ complete AS (
        AND count_if(role = 'related') = getvariable('n_related')
        AND count_if(role = 'easy') = getvariable('n_easy')
 ),
-scored AS (
-    SELECT p.*,
-           coalesce(CASE WHEN p.role = 'positive' THEN q.positive_text END, ps.text) AS text,
+scored AS (  -- narrow rows (no text): record-level min-max score and the doc's slot in the record
+    SELECT p.query_id, p.passage_id, p.role, p.teacher_sim, p.bi_score,
            round(getvariable('score_scale') * (p.teacher_sim - min(p.teacher_sim) OVER w)
                  / nullif(max(p.teacher_sim) OVER w - min(p.teacher_sim) OVER w, 0),
                  getvariable('score_decimals')) AS score,
            CASE p.role WHEN 'positive' THEN 0 WHEN 'hard' THEN 1 WHEN 'related' THEN 2 ELSE 3 END AS role_order
     FROM picked p
     JOIN complete USING (query_id)
-    JOIN queries q USING (query_id)
-    JOIN passages ps ON ps.passage_id = p.passage_id
     WINDOW w AS (PARTITION BY p.query_id)
-)
+),
+slotted AS (  -- slot 1 = the positive, then by score descending (ties: role, passage_id)
+    SELECT *, row_number() OVER (PARTITION BY query_id
+                                 ORDER BY role_order = 0 DESC, score DESC, role_order, passage_id) AS slot
+    FROM scored
+),
+items AS (  -- texts joined last; one unordered list per record, put in slot order by list_sort
+    -- (an unordered list aggregate over narrow structs keeps memory low at millions of records;
+    -- list_sort orders the structs by their first field, the unique slot)
+    SELECT s.query_id,
+           list({'slot': s.slot,
+                 'text': coalesce(CASE WHEN s.role = 'positive' THEN q.positive_text END, ps.text),
+                 'score': s.score, 'role': s.role, 'passage_id': s.passage_id,
+                 'teacher_score': round(s.teacher_sim, 6), 'teacher_sim': round(s.bi_score, 6)}) AS items
+    FROM slotted s
+    JOIN queries q USING (query_id)
+    JOIN passages ps ON ps.passage_id = s.passage_id
+    GROUP BY s.query_id
+),
+sorted AS (SELECT query_id, list_sort(items) AS items FROM items)
 SELECT s.query_id, q.query, q.method, q.source, q.doc_id,
        CASE WHEN (md5_number(lower(d.title)) % 1000000) < getvariable('val_fraction') * 1000000
             THEN 'val' ELSE 'train' END AS split,
-       list(s.text ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS docs,
-       list(s.score ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS scores,
-       list(s.role ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS roles,
-       list(s.passage_id ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS passage_ids,
-       list(round(s.teacher_sim, 6) ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS teacher_scores,
-       list(round(s.bi_score, 6) ORDER BY s.role_order = 0 DESC, s.score DESC, s.role_order, s.passage_id) AS teacher_sims,
-       any_value(h.n_deep) AS deep_hard_negatives
-FROM scored s
+       list_transform(s.items, lambda x: x.text) AS docs,
+       list_transform(s.items, lambda x: x.score) AS scores,
+       list_transform(s.items, lambda x: x.role) AS roles,
+       list_transform(s.items, lambda x: x.passage_id) AS passage_ids,
+       list_transform(s.items, lambda x: x.teacher_score) AS teacher_scores,
+       list_transform(s.items, lambda x: x.teacher_sim) AS teacher_sims,
+       h.n_deep AS deep_hard_negatives
+FROM sorted s
 JOIN hard_stats h USING (query_id)
 JOIN queries q USING (query_id)
 JOIN documents d ON d.doc_id = q.doc_id
-GROUP BY ALL
 ORDER BY s.query_id
