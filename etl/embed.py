@@ -132,6 +132,12 @@ def _st_worker(model: str, batch_size: int, num_threads: int) -> Embedder:
     import torch
 
     torch.set_num_threads(num_threads)
+    try:  # one "Loading weights" bar per worker would only clutter the parent's terminal
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - depends on the install
+        pass
     return SentenceTransformerEmbedder(model, device="cpu", fp16=False, batch_size=batch_size)
 
 

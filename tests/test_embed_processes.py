@@ -174,6 +174,7 @@ def test_tiny_st_model_same_vectors_with_two_processes(tiny_model):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
         assert np.array_equal(got, want)
         # encode(): one contiguous chunk per worker, so padding differs from one batch: float noise only
+        # (measured: max |diff| 3e-8)
         np.testing.assert_allclose(pool.encode(MIXED[:9], "query"), one.encode(MIXED[:9], "query"),
                                    rtol=0, atol=1e-5)
         assert pool.encode([], "query").shape == (0, one.dim)
