@@ -149,7 +149,9 @@ def _worker_main(conn, factory: Callable[..., Embedder], kwargs: dict[str, Any],
     soon as the parent process dies, even in the middle of a batch.
     """
     import multiprocessing
+    import signal
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it closes the pool
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)  # before the model's libraries start their thread pools
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -186,8 +188,8 @@ class EmbeddingWorkerError(RuntimeError):
 _POOLS: weakref.WeakSet[ProcessPoolEmbedder] = weakref.WeakSet()
 
 
-@atexit.register
 def _close_pools() -> None:
+    """At exit: stop every open pool's workers politely (so they run their own exit handlers)."""
     for pool in list(_POOLS):
         pool.close()
 
@@ -218,6 +220,10 @@ class ProcessPoolEmbedder:
         self.closed = False
         self._lock = threading.Lock()
         ctx = multiprocessing.get_context("spawn")
+        # (Re-)register after multiprocessing's own exit handler, so that ours runs first (LIFO): that
+        # one terminates daemonic workers outright, which leaks their semaphores (resource_tracker warns).
+        atexit.unregister(_close_pools)
+        atexit.register(_close_pools)
         self._conns = []
         self._procs = []
         _POOLS.add(self)
@@ -256,6 +262,16 @@ class ProcessPoolEmbedder:
                                        f"closed. Worker traceback:\n{msg[1]}")
         return msg
 
+    def _send(self, i: int, msg: tuple) -> None:
+        """Send a request to worker ``i``; a dead worker raises :class:`EmbeddingWorkerError`."""
+        try:
+            self._conns[i].send(msg)
+        except OSError as exc:  # BrokenPipeError: the worker is gone
+            proc = self._procs[i]
+            proc.join(timeout=5)
+            raise EmbeddingWorkerError(f"embedding worker {i} (pid {proc.pid}) died with exit code "
+                                       f"{proc.exitcode}; the worker pool is closed") from exc
+
     def encode_batches(self, batches: Sequence[list[str]], kind: Kind) -> list[np.ndarray]:
         """Embed each batch in some worker (as ``encode`` would); one (len(batch), dim) array per batch, in order.
 
@@ -287,7 +303,7 @@ class ProcessPoolEmbedder:
                         if p is None:
                             break
                         w = idle.pop(0)
-                        self._conns[w].send((kind, pieces[p][1]))
+                        self._send(w, (kind, pieces[p][1]))
                         busy[w] = p
                     if not busy:
                         break

@@ -112,6 +112,7 @@ def test_worker_death_raises_not_hangs():
         assert time.monotonic() - t0 < 30
     with embed.ProcessPoolEmbedder(fake_embedder, processes=2) as pool:
         os.kill(pool.pids[1], signal.SIGKILL)
+        pool._procs[1].join(10)  # gone before the request: sending to it fails (BrokenPipeError inside)
         with pytest.raises(embed.EmbeddingWorkerError, match="died"):
             pool.encode_batches([["a"], ["b"], ["c"]], "passage")
 
