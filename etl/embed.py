@@ -255,8 +255,10 @@ class ProcessPoolEmbedder:
             msg = None
         if msg is None:
             proc.join(timeout=5)
-            raise EmbeddingWorkerError(f"embedding worker {i} (pid {proc.pid}) died with exit code "
-                                       f"{proc.exitcode}; the worker pool is closed")
+            raise EmbeddingWorkerError(
+                f"embedding worker {i} (pid {proc.pid}) died with exit code {proc.exitcode}; the worker pool "
+                "is closed (its stderr is above; a script that starts workers needs an "
+                "`if __name__ == \"__main__\":` guard, as spawned processes import it again)")
         if msg[0] == "error":
             raise EmbeddingWorkerError(f"embedding worker {i} (pid {proc.pid}) failed; the worker pool is "
                                        f"closed. Worker traceback:\n{msg[1]}")
