@@ -18,9 +18,11 @@ WITH raw AS (
         trim(regexp_replace(nfc_normalize(title), '\s+', ' ', 'g')) AS title,
         -- NFC only where a character outside NFC-stable ranges occurs (ASCII..U+02FF, punctuation,
         -- CJK symbols, CJK ideographs, precomposed Hangul): nfc_normalize costs ~4x this check
+        -- (line ends: CR LF and CR -> LF, rewritten only where a CR occurs)
         CASE WHEN regexp_matches(text, '[^\x00-\x{02FF}\x{2010}-\x{2027}\x{2030}-\x{205E}\x{3000}-\x{3029}\x{3030}-\x{303F}\x{4E00}-\x{9FFF}\x{AC00}-\x{D7A3}]')
              THEN nfc_normalize(replace(replace(text, chr(13) || chr(10), chr(10)), chr(13), chr(10)))
-             ELSE replace(replace(text, chr(13) || chr(10), chr(10)), chr(13), chr(10)) END AS raw_text,
+             WHEN contains(text, chr(13)) THEN replace(replace(text, chr(13) || chr(10), chr(10)), chr(13), chr(10))
+             ELSE text END AS raw_text,
         regexp_matches(left(text, 200), '^\s*#(?i:redirect|넘겨주기)\s') AS is_redirect
     FROM raw_documents
     WHERE reject_reason IS NULL
@@ -49,12 +51,12 @@ s2 AS (  -- {{{#!html ...}}}, {{{#!syntax lang ...}}} keep inner text; drop the 
         '\{\{\{#!(wiki|folding|html|syntax|style)[^\n]*|\{\{\{[+-][1-5]\s?|\{\{\{#[0-9A-Za-z,#]+\s', '', 'g')
         ELSE raw_text END AS raw_text) FROM s1
 ),
-s3 AS (  -- remaining {{{ }}} braces, MediaWiki {{templates}} and <ref>...</ref>
-    SELECT * REPLACE (CASE WHEN contains(raw_text, '<ref') OR contains(raw_text, '{{') OR contains(raw_text, '}}}')
-        THEN regexp_replace(regexp_replace(regexp_replace(raw_text,
-        '<ref[^>]*/>|<ref[^>]*>.*?</ref>', '', 'gs'),
-        '\{\{[^{}]*\}\}', '', 'g'),
-        '\{\{\{|\}\}\}', '', 'g') ELSE raw_text END AS raw_text) FROM s2
+s3 AS (  -- remaining {{{ }}} braces, MediaWiki {{templates}} and <ref>...</ref> (each regexp only where its literal occurs)
+    SELECT * EXCLUDE (s3a, s3b) REPLACE (CASE WHEN contains(s3b, '{{{') OR contains(s3b, '}}}')
+        THEN regexp_replace(s3b, '\{\{\{|\}\}\}', '', 'g') ELSE s3b END AS raw_text)
+    FROM (SELECT *, CASE WHEN contains(s3a, '{{') THEN regexp_replace(s3a, '\{\{[^{}]*\}\}', '', 'g') ELSE s3a END AS s3b
+    FROM (SELECT *, CASE WHEN contains(raw_text, '<ref') THEN regexp_replace(raw_text, '<ref[^>]*/>|<ref[^>]*>.*?</ref>', '', 'gs') ELSE raw_text END AS s3a
+    FROM s2))
 ),
 s4 AS (  -- footnotes [* ...] / [*A ...], which may contain [[links]]: removed with their text
     SELECT * REPLACE (CASE WHEN contains(raw_text, '[*') THEN regexp_replace(raw_text,
@@ -83,7 +85,9 @@ s9 AS (  -- tables: cell attributes <...> and html tags removed, || cell separat
         '||', ' ') AS raw_text) FROM s8
 ),
 s10 AS (  -- strikethrough content removed; bold/italic/underline/sup/sub markers removed
-    SELECT * REPLACE (regexp_replace(s10c, '(?m)^[ \t]*(>+[ \t]*|\*+[ \t]+|[0-9]+\.[ \t]+)', '', 'g') AS raw_text)
+    -- list markers / quotes at line starts (only texts with a '>', a '*' or a digit followed by '.')
+    SELECT * REPLACE (CASE WHEN contains(s10c, '>') OR contains(s10c, '*') OR regexp_matches(s10c, '[0-9]\.')
+        THEN regexp_replace(s10c, '(?m)^[ \t]*(>+[ \t]*|\*+[ \t]+|[0-9]+\.[ \t]+)', '', 'g') ELSE s10c END AS raw_text)
     FROM (SELECT *,
         CASE WHEN contains(s10b, '''''') OR contains(s10b, '__') OR contains(s10b, '^^') OR contains(s10b, ',,')
              THEN regexp_replace(s10b, '''''''|''''|__|\^\^|,,', '', 'g') ELSE s10b END AS s10c
@@ -94,12 +98,24 @@ s10 AS (  -- strikethrough content removed; bold/italic/underline/sup/sub marker
     FROM s9)))
 ),
 s11 AS (  -- whitespace: spaces collapsed, blank-line runs -> one paragraph break, trimmed
-    -- same result as '[ \t\x0B\f\x{00A0}\x{3000}]+' -> ' ' and ' ?\n ?' -> '\n', without rewriting every
-    -- single space / newline by itself
-    SELECT * EXCLUDE (s10a, s10b, s10c) REPLACE (trim(regexp_replace(regexp_replace(regexp_replace(raw_text,
-        '[ \t\x0B\f\x{00A0}\x{3000}]{2,}|[\t\x0B\f\x{00A0}\x{3000}]', ' ', 'g'),
-        ' \n ?|\n ', chr(10), 'g'),
-        '\n{3,}', chr(10) || chr(10), 'g'), ' ' || chr(10)) AS raw_text) FROM s10
+    -- same result as '[ \t\x0B\f\x{00A0}\x{3000}]+' -> ' ', ' ?\n ?' -> '\n', '\n{3,}' -> '\n\n' and
+    -- trim(' \n'), but each regexp written so it matches only what changes, and each step (regexp_replace
+    -- copies every string; trim decodes it) run only on texts that contain what it would change
+    SELECT * EXCLUDE (s10a, s10b, s10c, s11a, s11b, s11c) REPLACE (
+        CASE WHEN starts_with(s11c, ' ') OR starts_with(s11c, chr(10)) OR ends_with(s11c, ' ') OR ends_with(s11c, chr(10))
+             THEN trim(s11c, ' ' || chr(10)) ELSE s11c END AS raw_text)
+    FROM (SELECT *,
+        CASE WHEN contains(s11b, chr(10) || chr(10) || chr(10))
+             THEN regexp_replace(s11b, '\n{3,}', chr(10) || chr(10), 'g') ELSE s11b END AS s11c
+    FROM (SELECT *,
+        CASE WHEN contains(s11a, ' ' || chr(10)) OR contains(s11a, chr(10) || ' ')
+             THEN regexp_replace(s11a, ' \n ?|\n ', chr(10), 'g') ELSE s11a END AS s11b
+    FROM (SELECT *,
+        CASE WHEN contains(raw_text, '  ') OR contains(raw_text, chr(9)) OR contains(raw_text, chr(11))
+                  OR contains(raw_text, chr(12)) OR contains(raw_text, chr(160)) OR contains(raw_text, chr(12288))
+             THEN regexp_replace(raw_text, '[ \t\x0B\f\x{00A0}\x{3000}]{2,}|[\t\x0B\f\x{00A0}\x{3000}]', ' ', 'g')
+             ELSE raw_text END AS s11a
+    FROM s10)))
 ),
 flagged AS (
     SELECT
