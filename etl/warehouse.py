@@ -224,7 +224,7 @@ class Warehouse:
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         self.con.execute(
-            f"COPY (\n{select_sql}\n) TO {_q(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)"
+            f"COPY (\n{select_sql}\n) TO {_q(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 10000)"
         )
         os.replace(tmp, final)
         self._create_view(name)
