@@ -25,7 +25,7 @@ from .config import ClusteringConfig, MiningConfig
 
 BATCH = 20_000
 QUERY_BATCH = 1024
-RELEASE_BYTES = 256 << 20  # hand mapped pages back after reading this much
+RELEASE_BYTES = 64 << 20  # hand mapped pages back after reading this much
 
 
 def export_embeddings(con, layer: str, id_col: str, npy_path: Path, ids_path: Path, dim: int) -> int:
