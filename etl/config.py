@@ -215,6 +215,13 @@ class SplitConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Optional outputs next to train.jsonl / val.jsonl."""
+
+    datasets: bool = True  # also write datasets/{train,val} (load_from_disk); doubles the export's disk use
+
+
+@dataclass
 class Config:
     """The whole configuration."""
 
@@ -235,6 +242,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     # ---- derived values -------------------------------------------------------------------
     @property

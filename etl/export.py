@@ -124,7 +124,9 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
     }
     from .hfexport import export_datasets
 
-    if not fresh or not (out / "datasets" / "train").exists():
+    if not cfg.export.datasets:
+        meta["datasets"] = {"skipped": "export.datasets = false"}
+    elif not fresh or not (out / "datasets" / "train").exists():
         meta["datasets"] = export_datasets(out)
     report_md = out / "report" / "report.md"
     if not fresh or not report_md.exists():

@@ -276,3 +276,14 @@ def test_two_runs_at_once_the_second_refuses_and_the_first_finishes(tmp_path, ti
     finally:
         kill9(first)
     assert same_export(tiny_reference_run, d) == []
+
+
+def test_export_datasets_can_be_switched_off(tmp_path, tiny_model):
+    """export.datasets = false writes the JSONL splits only (no datasets/ copy), and says so in metadata."""
+    r = Runner(tmp_path, tiny_model)
+    r.run(["export.datasets=false"])
+    meta = json.loads((r.dirs.export / "metadata.json").read_text(encoding="utf-8"))
+    assert meta["datasets"] == {"skipped": "export.datasets = false"}
+    assert not (r.dirs.export / "datasets").exists()
+    assert meta["total_queries"] > 0
+    assert (r.dirs.export / "train.jsonl").exists() and (r.dirs.export / "val.jsonl").exists()
