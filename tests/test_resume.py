@@ -280,7 +280,7 @@ def test_two_runs_at_once_the_second_refuses_and_the_first_finishes(tmp_path, ti
 
 def test_export_datasets_can_be_switched_off(tmp_path, tiny_model):
     """export.datasets = false writes the JSONL splits only (no datasets/ copy), and says so in metadata."""
-    r = Runner(tmp_path, tiny_model)
+    r = Runner(tmp_path, tiny_model, n_docs=80)
     r.run(["export.datasets=false"])
     meta = json.loads((r.dirs.export / "metadata.json").read_text(encoding="utf-8"))
     assert meta["datasets"] == {"skipped": "export.datasets = false"}
