@@ -3,10 +3,10 @@
 Stages: ``neighbours`` (usearch) and ``clusters`` (k-means).
 
 Embeddings are streamed out of DuckDB in record batches into ``.npy`` files (in id order), which
-the stages then read in batches through :class:`VectorStore`: a memory map whose touched pages are
-handed back to the kernel as the reads go, so the process's resident memory stays bounded however
-large the file. Nothing holds a whole table in Python objects, and one HNSW index never holds more
-than ``mining.index_memory_mb``: a larger corpus is indexed in shards whose results are merged.
+the stages then read through :class:`VectorStore` (a read-only memory map: sequential passes hand
+their pages back as they go; rows read at random stay as reclaimable page cache). Nothing holds a
+whole table in Python objects, and one HNSW index never holds more than ``mining.index_memory_mb``:
+a larger corpus is indexed in shards whose results are merged.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .config import ClusteringConfig, MiningConfig
 
 BATCH = 20_000
 QUERY_BATCH = 1024
-RELEASE_BYTES = 64 << 20  # hand mapped pages back after reading this much
+RELEASE_BYTES = 64 << 20  # sequential reads hand their mapped pages back after this much
 
 
 def export_embeddings(con, layer: str, id_col: str, npy_path: Path, ids_path: Path, dim: int) -> int:
@@ -66,12 +66,15 @@ def read_ids(path: Path) -> list[str]:
 
 
 class VectorStore:
-    """Rows of an ``.npy`` matrix read through a memory map that does not stay resident.
+    """Rows of an ``.npy`` matrix read through a read-only memory map.
 
-    Reads copy rows out of the map; after every ``release_bytes`` read, the mapped pages are
-    dropped from this process (``madvise(MADV_DONTNEED)``; they stay in the kernel's page cache,
-    so re-reading them costs no disk I/O). Peak RSS is then bounded by the batch being read, not
-    by the file size.
+    Sequential reads (:meth:`slice`: index build, k-means assignment, query batches) hand their
+    pages back to the kernel after every ``release_bytes`` (``madvise(MADV_DONTNEED)``; the pages
+    stay in the page cache), so a pass over the file does not leave it resident. Random reads
+    (:meth:`rows`: re-scoring, the cosine UDFs) keep their pages mapped: dropping them would make
+    every later row a page fault again (measured: 30x slower). Those pages are clean page cache
+    (``RssFile``) that the kernel reclaims under memory pressure; they are not heap memory and
+    never cause an out-of-memory failure. ``benchmarks/bench_memory.py`` reports both parts.
     """
 
     def __init__(self, source: Path | np.ndarray, release_bytes: int = RELEASE_BYTES) -> None:
@@ -89,20 +92,15 @@ class VectorStore:
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """float32 copy of the rows ``idx`` (any order, repeats allowed)."""
-        out = np.asarray(self.array[np.asarray(idx, dtype=np.int64)], dtype=np.float32)
-        self._account(out.nbytes)
-        return out
+        return np.asarray(self.array[np.asarray(idx, dtype=np.int64)], dtype=np.float32)
 
     def slice(self, start: int, stop: int) -> np.ndarray:
-        """float32 copy of rows ``start:stop``."""
+        """float32 copy of rows ``start:stop``; releases the mapped pages every ``release_bytes``."""
         out = np.array(self.array[start:stop], dtype=np.float32)
-        self._account(out.nbytes)
-        return out
-
-    def _account(self, nbytes: int) -> None:
-        self._read += nbytes
+        self._read += out.nbytes
         if self._read >= self.release_bytes:
             self.release()
+        return out
 
     def release(self) -> None:
         """Drop this process's mapped pages of the file (no-op where madvise is unavailable)."""

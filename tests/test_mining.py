@@ -70,7 +70,7 @@ def test_sharded_index_finds_the_exact_neighbours(vectors, tmp_path: Path) -> No
 
 def test_vector_store_reads_rows_across_releases(vectors) -> None:
     p_npy, _, P, _ = vectors
-    store = VectorStore(p_npy, release_bytes=4096)  # releases the mapping after every read
+    store = VectorStore(p_npy, release_bytes=4096)  # slices release the mapping after every read
     idx = np.array([5, 2499, 0, 5, 1234])
     for _ in range(3):
         np.testing.assert_array_equal(store.rows(idx), P[idx])
