@@ -39,7 +39,7 @@ SELECT u.query_id, u.role, u.rank, u.passage_id, u.teacher_sim AS bi_score{text_
 FROM usable u
 {text_joins}
 WHERE u.role <> 'hard' OR u.pick <= getvariable('teacher_max_candidates')
-ORDER BY u.query_id, u.role, u.rank
+{order}
 """
 TEXT_COLS = """, q.query,
        CASE WHEN u.role = 'positive' AND q.positive_text IS NOT NULL THEN q.positive_text ELSE p.text END AS text"""
@@ -52,7 +52,10 @@ def select_sql(with_text: bool) -> str:
 
     The bi-encoder teacher needs no text, which keeps this narrow at millions of candidates.
     """
-    return SELECT_SQL.format(text_cols=TEXT_COLS if with_text else "", text_joins=TEXT_JOINS if with_text else "")
+    # a model's scores are normalized per query, so its input comes grouped by query; the bi-encoder
+    # teacher reads the stored similarity row by row and skips that sort (tens of millions of rows)
+    return SELECT_SQL.format(text_cols=TEXT_COLS if with_text else "", text_joins=TEXT_JOINS if with_text else "",
+                             order="ORDER BY u.query_id, u.role, u.rank" if with_text else "")
 
 
 _MODELS: dict[tuple, Any] = {}

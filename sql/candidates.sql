@@ -138,7 +138,8 @@ drawn AS (
     FROM (SELECT * FROM easy_raw UNION ALL SELECT * FROM related_raw) r
     JOIN qx USING (query_id)
 )
+-- No ORDER BY: this layer is ~77 rows per query (hundreds of millions at full scale) and every
+-- reader orders what it needs; the sort alone ran out of memory at memory_limit 3GB on 100k docs.
 SELECT * FROM pos
 UNION ALL SELECT * FROM hard
 UNION ALL SELECT * FROM drawn
-ORDER BY query_id, role, rank

@@ -23,4 +23,4 @@ SELECT t.query_id, t.passage_id, t.role, t.rank, t.bi_score, t.ce_score, t.teach
        END AS filter_reason
 FROM teacher_scores t
 JOIN pos p USING (query_id)
-ORDER BY t.query_id, t.role, t.rank
+-- No ORDER BY (tens of millions of rows at full scale; examples.sql picks per query with windows).
