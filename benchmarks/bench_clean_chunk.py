@@ -33,7 +33,7 @@ WS = r"[\t\n\f\r ]"  # RE2 \s
 
 # sha256 (first 16 hex) of the SQL files this translation was written against; the SQL models are
 # edited concurrently, so a mismatch is reported (and the row comparison shows what drifted).
-TRANSLATED_FROM = {"clean_documents.sql": "d16c7d9ca90ec8de", "passages.sql": "f6e83696ecd72d5a"}
+TRANSLATED_FROM = {"clean_documents.sql": "3f290fb5495ce172", "passages.sql": "7eb273a5b4dc374b"}
 
 
 def sql_drift(sql_dir: Path) -> list[str]:
@@ -271,11 +271,12 @@ def sql_path(cfg, log=print) -> tuple[float, dict[str, int], dict[str, float]]:
 
 
 def run(docs: int, files: int, corpus: Path, wh: Path, pandas_out: Path, threads: int = 0,
-        skip_pandas: bool = False, tuned: bool = False, log=print) -> dict:
+        skip_pandas: bool = False, tuned: bool = False, sets: list[str] | None = None, log=print) -> dict:
     """Generate (if needed), ingest, SQL path, pandas path, compare; return the results."""
     ensure_corpus(corpus, docs, files, log=log)
-    extra = [f"duckdb.threads={threads}"] if threads else []
+    extra = ([f"duckdb.threads={threads}"] if threads else []) + list(sets or [])
     cfg = make_config(corpus, wh, extra)
+    log(f"  DuckDB memory_limit {cfg.duckdb.memory_limit}, threads {cfg.duckdb.threads or 'all'}")
     log(f"  ingest (Python, raw_documents) of {docs:,} docs ... (load {load()})")
     t0, c0 = time.perf_counter(), cpu_seconds()
     ing = run_stages(cfg, ["raw_documents"], log=log)["raw_documents"]
@@ -324,10 +325,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="DuckDB threads (0 = all cores)")
     ap.add_argument("--tuned", action="store_true", help="also run the proposed benchmarks/tuned_sql models")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"), help="scratch directory")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for both SQL runs, e.g. --set 'duckdb.memory_limit=\"4GB\"'")
     a = ap.parse_args()
     print(f"machine: {machine()}")
     r = run(a.docs, a.files, a.work / f"synth_{a.docs}", a.work / f"wh_{a.docs}", a.work / f"pandas_{a.docs}",
-            a.threads, tuned=a.tuned)
+            a.threads, tuned=a.tuned, sets=a.set)
     rows = [
         {"path": "ingest (Python, raw_documents)", "docs": a.docs, "seconds": r["ingest_s"],
          "cpu_s": r["ingest_cpu_s"], "documents": "", "passages": ""},
@@ -344,7 +347,8 @@ def main() -> None:
     if a.large:
         print(f"\nSQL path at {a.large:,} documents:")
         big = run(a.large, a.large_files, a.work / f"synth_{a.large}", a.work / f"wh_{a.large}",
-                  a.work / f"pandas_{a.large}", a.threads, skip_pandas=True, tuned=a.tuned)
+                  a.work / f"pandas_{a.large}", a.threads, skip_pandas=True, tuned=a.tuned,
+                  sets=a.set)
         results["large"] = big
         rows.append({"path": "ingest (Python, raw_documents)", "docs": a.large, "seconds": big["ingest_s"],
                      "cpu_s": big["ingest_cpu_s"], "documents": "", "passages": ""})
