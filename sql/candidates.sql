@@ -17,7 +17,9 @@
 -- md5 of the text without whitespace, lower-cased; or cosine to it >= filters.near_duplicate_cosine), same_cluster (easy only), in_neighbours, duplicate_draw, and on
 -- the positive itself positive_rank_too_low (more than filters.positive_max_rank passages of other
 -- documents score above it: the query does not retrieve its own passage).
--- Random draws are md5(query_id, draw, seed) over passage indexes: deterministic, no cross join.
+-- Random draws are md5(query_id, draw, seed) over passage indexes: deterministic, no cross join;
+-- they are built per query as lists, so the in_neighbours and duplicate_draw checks are list
+-- lookups within the query's row (a semi-join and a window over all draws ran out of memory at 1M docs).
 --
 -- @unique: query_id, role, rank
 -- @not_null: query_id, passage_id, role, rank, teacher_sim
@@ -99,44 +101,55 @@ hard AS (
     JOIN lib l USING (passage_id)
 ),
 n_lib AS (SELECT count(*) AS n FROM lib),
-draws AS (
-    SELECT qx.query_id, t.draw,
-           (md5_number(qx.query_id || ':easy:' || t.draw || ':' || getvariable('seed')) % n_lib.n)::BIGINT AS idx,
-           (md5_number(qx.query_id || ':related:' || t.draw || ':' || getvariable('seed')) % qx.pos_csize)::BIGINT AS cidx
-    FROM qx, n_lib, range(getvariable('easy_pool')) t(draw)
+nb AS (  -- each query's passages in the rank window, as a list (the in_neighbours filter is a list lookup)
+    SELECT n.query_id, list(l.idx) AS nb_idx
+    FROM neighbours n JOIN lib l USING (passage_id)
+    WHERE n.rank <= getvariable('top_k')
+    GROUP BY n.query_id
 ),
+qd AS NOT MATERIALIZED (  -- per query: its random draws as lists of passage / in-cluster indexes
+    SELECT qx.*, nb.nb_idx,
+           list_transform(range(getvariable('easy_pool')), lambda d:
+               (md5_number(qx.query_id || ':easy:' || d || ':' || getvariable('seed')) % n_lib.n)::BIGINT) AS easy_idx,
+           list_transform(range(getvariable('easy_pool')), lambda d:
+               (md5_number(qx.query_id || ':related:' || d || ':' || getvariable('seed')) % qx.pos_csize)::BIGINT) AS related_cidx
+    FROM qx CROSS JOIN n_lib LEFT JOIN nb USING (query_id)
+),
+-- one row per draw; `repeated` = the same passage was drawn earlier for this query and role
 easy_raw AS (
-    SELECT d.query_id, l.passage_id, 'easy' AS role, d.draw + 1 AS rank, l.doc_key, l.title_key, l.cluster_id,
-           l.text_key, l.p_row
-    FROM draws d JOIN lib l ON l.idx = d.idx
-    WHERE getvariable('n_easy') > 0
+    SELECT d.*, 'easy' AS role, l.passage_id, l.doc_key AS c_doc_key, l.title_key AS c_title_key, l.cluster_id,
+           l.text_key, l.p_row, l.idx AS lib_idx
+    FROM (SELECT query_id, q_row, positive_passage_id, doc_key, title_key, pos_row, pos_text_key, pos_cluster, nb_idx,
+                 unnest(easy_idx) AS key, generate_subscripts(easy_idx, 1) AS rank,
+                 list_position(easy_idx, unnest(easy_idx)) < generate_subscripts(easy_idx, 1) AS repeated
+          FROM qd WHERE getvariable('n_easy') > 0) d
+    JOIN lib l ON l.idx = d.key
 ),
 related_raw AS (
-    SELECT d.query_id, l.passage_id, 'related' AS role, d.draw + 1 AS rank, l.doc_key, l.title_key, l.cluster_id,
-           l.text_key, l.p_row
-    FROM draws d JOIN qx USING (query_id) JOIN lib l ON l.cluster_id = qx.pos_cluster AND l.cidx = d.cidx
-    WHERE getvariable('n_related') > 0
+    SELECT d.*, 'related' AS role, l.passage_id, l.doc_key AS c_doc_key, l.title_key AS c_title_key, l.cluster_id,
+           l.text_key, l.p_row, l.idx AS lib_idx
+    FROM (SELECT query_id, q_row, positive_passage_id, doc_key, title_key, pos_row, pos_text_key, pos_cluster, nb_idx,
+                 unnest(related_cidx) AS key, generate_subscripts(related_cidx, 1) AS rank,
+                 list_position(related_cidx, unnest(related_cidx)) < generate_subscripts(related_cidx, 1) AS repeated
+          FROM qd WHERE getvariable('n_related') > 0) d
+    JOIN lib l ON l.cluster_id = d.pos_cluster AND l.cidx = d.key
 ),
 drawn AS (
     SELECT r.query_id, r.passage_id, r.role, r.rank,
-           query_passage_cos(qx.q_row, r.p_row) AS teacher_sim,
+           query_passage_cos(r.q_row, r.p_row) AS teacher_sim,
            CASE
-               WHEN r.passage_id = qx.positive_passage_id THEN 'is_positive'
-               WHEN getvariable('exclude_same_document') AND r.doc_key = qx.doc_key THEN 'same_document'
-               WHEN getvariable('exclude_same_document') AND r.title_key = qx.title_key THEN 'same_title'
-               WHEN r.text_key = qx.pos_text_key
-                    OR passage_passage_cos(r.p_row, qx.pos_row) >= getvariable('near_duplicate_cosine')
+               WHEN r.passage_id = r.positive_passage_id THEN 'is_positive'
+               WHEN getvariable('exclude_same_document') AND r.c_doc_key = r.doc_key THEN 'same_document'
+               WHEN getvariable('exclude_same_document') AND r.c_title_key = r.title_key THEN 'same_title'
+               WHEN r.text_key = r.pos_text_key
+                    OR passage_passage_cos(r.p_row, r.pos_row) >= getvariable('near_duplicate_cosine')
                    THEN 'near_duplicate'
-               WHEN r.role = 'easy' AND r.cluster_id = qx.pos_cluster THEN 'same_cluster'
-               WHEN EXISTS (SELECT 1 FROM neighbours n WHERE n.query_id = r.query_id AND n.passage_id = r.passage_id
-                                                         AND n.rank <= getvariable('top_k'))
-                   THEN 'in_neighbours'
-               WHEN row_number() OVER (PARTITION BY r.query_id, r.role, r.passage_id ORDER BY r.rank) > 1
-                   THEN 'duplicate_draw'
+               WHEN r.role = 'easy' AND r.cluster_id = r.pos_cluster THEN 'same_cluster'
+               WHEN list_contains(r.nb_idx, r.lib_idx) THEN 'in_neighbours'
+               WHEN r.repeated THEN 'duplicate_draw'
            END AS filter_reason,
            NULL::BIGINT AS positive_rank
     FROM (SELECT * FROM easy_raw UNION ALL SELECT * FROM related_raw) r
-    JOIN qx USING (query_id)
 )
 -- No ORDER BY: this layer is ~77 rows per query (hundreds of millions at full scale) and every
 -- reader orders what it needs; the sort alone ran out of memory at memory_limit 3GB on 100k docs.
