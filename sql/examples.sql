@@ -20,7 +20,9 @@
 -- @check: len(docs) = 1 + getvariable('n_hard') + getvariable('n_related') + getvariable('n_easy')
 -- @check: roles[1] = 'positive' AND list_count(list_filter(roles, lambda r: r = 'positive')) = 1
 -- @check: list_min(scores) >= 0 AND list_max(scores) <= getvariable('score_scale')
-WITH ok AS (SELECT *, teacher_score AS teacher_sim FROM scored_candidates WHERE filter_reason IS NULL),
+WITH ok AS NOT MATERIALIZED (  -- re-read per use (a filtered scan) rather than holding every usable candidate
+    SELECT *, teacher_score AS teacher_sim FROM scored_candidates WHERE filter_reason IS NULL
+),
 pos AS (SELECT * FROM ok WHERE role = 'positive'),
 hard_pick AS (
     SELECT * FROM ok WHERE role = 'hard'
