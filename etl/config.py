@@ -154,7 +154,6 @@ class MiningConfig:
     index_memory_mb: int = 2048  # an HNSW index holds at most this much; more passages = several shards
 
 
-
 @dataclass
 class ClusteringConfig:
     """K-means over passage embeddings."""

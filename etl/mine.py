@@ -217,6 +217,7 @@ def write_neighbours(out: Path, passages_npy: Path, passage_ids: list[str], quer
     if index_path is not None:  # index files of an earlier run (its shard count may differ)
         for old in index_path.parent.glob(f"{index_path.stem}*{index_path.suffix}"):
             old.unlink()
+    exact_rows = P.slice(0, len(P)) if exact else None  # exact search: one shard, all rows in memory
     writer = pq.ParquetWriter(out, NEIGHBOUR_SCHEMA, compression="zstd")
     written = 0
     try:
@@ -224,7 +225,6 @@ def write_neighbours(out: Path, passages_npy: Path, passage_ids: list[str], quer
             path = index_path
             if index_path is not None and len(shards) > 1:
                 path = index_path.with_name(f"{index_path.stem}-{si:03d}-of-{len(shards):03d}{index_path.suffix}")
-            exact_rows = P.slice(0, len(P)) if exact else None
             index = build_index(P, cfg, path, lo, hi)
             last = si == len(shards) - 1
             desc = "neighbours" if len(shards) == 1 else f"neighbours shard {si + 1}/{len(shards)}"
@@ -235,7 +235,7 @@ def write_neighbours(out: Path, passages_npy: Path, passage_ids: list[str], quer
                     rows, sims = _merge_running(best_rows, best_sims, start, rows, sims, k, first=si == 0)
                 if last:
                     written += _write_batch(writer, query_ids, passage_ids, start, rows, sims)
-            del index, exact_rows
+            del index
     finally:
         writer.close()
         for f in (best_rows, best_sims):

@@ -47,15 +47,15 @@ TEXT_JOINS = """JOIN queries q USING (query_id)
 JOIN passages p ON p.passage_id = u.passage_id"""
 
 
-def select_sql(with_text: bool) -> str:
-    """The candidates to score, in query order; query and doc texts only when a model reads them.
+def select_sql(with_text: bool, by_query: bool) -> str:
+    """The candidates to score; query and doc texts only when a model reads them.
 
-    The bi-encoder teacher needs no text, which keeps this narrow at millions of candidates.
+    The bi-encoder teacher needs no text, which keeps this narrow at millions of candidates. Only
+    the ensemble normalizes per query, so only it needs its input grouped by query (a sort of tens
+    of millions of rows at full scale).
     """
-    # a model's scores are normalized per query, so its input comes grouped by query; the bi-encoder
-    # teacher reads the stored similarity row by row and skips that sort (tens of millions of rows)
     return SELECT_SQL.format(text_cols=TEXT_COLS if with_text else "", text_joins=TEXT_JOINS if with_text else "",
-                             order="ORDER BY u.query_id, u.role, u.rank" if with_text else "")
+                             order="ORDER BY u.query_id, u.role, u.rank" if by_query else "")
 
 
 _MODELS: dict[tuple, Any] = {}
@@ -102,13 +102,18 @@ def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True
     t = cfg.teacher
     total = int(con.execute("SELECT count(*) FROM candidates WHERE filter_reason IS NULL").fetchall()[0][0])
     model = load_cross_encoder(t.cross_encoder, t.device, t.fp16) if t.kind != "biencoder" else None
-    reader = con.sql(select_sql(with_text=model is not None)).to_arrow_reader(50_000)
+    by_query = t.kind == "ensemble"
+    reader = con.sql(select_sql(with_text=model is not None, by_query=by_query)).to_arrow_reader(50_000)
     writer = pq.ParquetWriter(out, SCHEMA, compression="zstd")
     scored = 0
     pending: list[pa.RecordBatch] = []
     try:
         with tqdm(total=total, desc="teacher_scores", unit="pair", disable=not progress or model is None) as bar:
             for batch in reader:
+                if not by_query:  # every row is scored on its own
+                    scored += _score_and_write(writer, pa.Table.from_batches([batch]), model, cfg)
+                    bar.update(batch.num_rows)
+                    continue
                 pending.append(batch)
                 # keep whole queries together for the per-query normalization of the ensemble
                 if sum(b.num_rows for b in pending) < 20_000:
