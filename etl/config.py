@@ -56,6 +56,7 @@ class DuckDBConfig:
     memory_limit: str = "3GB"  # DuckDB buffer pool; the process peaks ~0.5 GB above it (measured at 1M docs)
     threads: int = 0  # 0: DuckDB's default (all cores)
     temp_directory: str = ""  # empty: <warehouse>/tmp
+    batch_queries: int = 200000  # per-query stages (examples) run on this many queries at a time
 
 
 @dataclass
@@ -218,6 +219,7 @@ class ExportConfig:
     """Optional outputs next to train.jsonl / val.jsonl."""
 
     datasets: bool = True  # also write datasets/{train,val} (load_from_disk); doubles the export's disk use
+    batch_records: int = 50000  # records whose texts are joined and written per step (bounds memory)
 
 
 @dataclass
@@ -428,6 +430,8 @@ def validate(cfg: Config) -> None:
         need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", dev) is not None, key,
              f"must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
     need(0 <= cfg.scoring.decimals <= 8, "scoring.decimals", "must be in [0, 8]")
+    need(cfg.export.batch_records >= 1, "export.batch_records", "must be >= 1")
+    need(cfg.duckdb.batch_queries >= 1, "duckdb.batch_queries", "must be >= 1")
     need(0.0 < cfg.split.val_fraction < 1.0, "split.val_fraction", "must be strictly between 0 and 1")
 
 

@@ -2,7 +2,9 @@
 
 JSONL is written by DuckDB (``COPY ... (FORMAT JSON)``: UTF-8, Korean not escaped, keys in the
 order query, docs, scores), ordered by query_id, to temporary names renamed when complete; scores
-are DOUBLE rounded in ``examples.sql``. Every export is validated before the run reports success.
+are DOUBLE rounded in ``examples.sql``. The ``examples`` layer holds passage ids, not
+texts: ``sql/export_records.sql`` joins the texts one batch of ``export.batch_records`` records at
+a time. Every export is validated before the run reports success.
 The ``embeddings/`` directory (npy + id files + usearch index) is written by the neighbours stage;
 ``datasets/{train,val}`` (``save_to_disk``, when the ``datasets`` package is installed) by
 :mod:`etl.hfexport`; ``report/`` (report.md + plots) by :mod:`etl.report`.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,19 +31,38 @@ class ExportValidationError(RuntimeError):
     """The export broke the output format."""
 
 
-def _copy_jsonl(con, split: str, path: Path) -> int:
+def _copy_jsonl(ctx: Context, split: str, path: Path) -> int:
+    """Write ``split``'s records to ``path`` (atomically), ``export.batch_records`` records at a time.
+
+    Each batch (a query_id range of the split) is one ``COPY (sql/export_records.sql) TO part``,
+    appended to a temporary file renamed to ``path`` at the end: the texts of one batch are all
+    that is held in memory, and the file is in query_id order like the ``examples`` layer.
+    """
+    con, cfg = ctx.wh.con, ctx.cfg
+    sql = (cfg.sql_dir / "export_records.sql").read_text(encoding="utf-8").strip().rstrip(";")
+    every = max(1, int(cfg.export.batch_records))
+    starts = [r[0] for r in con.execute(
+        "SELECT query_id FROM examples WHERE split = ? "
+        "QUALIFY (row_number() OVER (ORDER BY query_id) - 1) % ? = 0 ORDER BY query_id", [split, every]).fetchall()]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # No ORDER BY: examples.sql writes its records in query_id order and a filtered scan keeps
-    # that order (preserve_insertion_order); re-sorting every record's texts here is a sort of
-    # the whole dataset (tens of GB at full scale) for nothing.
-    con.execute(
-        f"COPY (SELECT query, docs, scores FROM examples WHERE split = '{split}') "
-        f"TO '{tmp}' (FORMAT JSON)"
-    )
-    if not tmp.exists():  # DuckDB writes nothing for an empty result on some versions
-        tmp.write_text("", encoding="utf-8")
-    os.replace(tmp, path)
-    return int(con.execute(f"SELECT count(*) FROM examples WHERE split = '{split}'").fetchall()[0][0])
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    con.execute("SET VARIABLE records_split = ?", [split])
+    try:
+        with open(tmp, "wb") as out:
+            for i, lo in enumerate(starts):
+                hi = starts[i + 1] if i + 1 < len(starts) else None
+                con.execute("SET VARIABLE records_from = ?", [lo])
+                con.execute("SET VARIABLE records_to = ?::VARCHAR", [hi])
+                con.execute(f"COPY ({sql}) TO '{part}' (FORMAT JSON)")
+                if part.exists():  # DuckDB writes nothing for an empty result on some versions
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, out, 16 << 20)
+                    part.unlink()
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, part):
+            leftover.unlink(missing_ok=True)
+    return int(con.execute("SELECT count(*) FROM examples WHERE split = ?", [split]).fetchall()[0][0])
 
 
 def read_stats_sql(sql_dir: Path, name: str) -> str:
@@ -79,7 +101,9 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
     out = cfg.export_dir
     out.mkdir(parents=True, exist_ok=True)
     train, val = out / "train.jsonl", out / "val.jsonl"
-    fp = sha("export", ctx.wh.fingerprint("examples"), str(out))
+    records_sql = (cfg.sql_dir / "export_records.sql").read_text(encoding="utf-8")
+    fp = sha("export", ctx.wh.fingerprint("examples"), ctx.wh.fingerprint("passages"),
+             ctx.wh.fingerprint("queries"), records_sql, str(out))
     state = ctx.wh.state_dir / "export.json"
     fresh = (not force and state.exists() and train.exists() and val.exists()
              and json.loads(state.read_text(encoding="utf-8")).get("fingerprint") == fp)
@@ -89,8 +113,8 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
         n_val = sum(1 for _ in open(val, "rb"))
         log(f"  {'export':<20} {n_train + n_val:>10,} rows  skipped (fresh)")
     else:
-        n_train = _copy_jsonl(con, "train", train)
-        n_val = _copy_jsonl(con, "val", val)
+        n_train = _copy_jsonl(ctx, "train", train)
+        n_val = _copy_jsonl(ctx, "val", val)
         log(f"  {'export':<20} {n_train + n_val:>10,} rows  {time.perf_counter() - t0:7.1f}s")
     n_docs = cfg.docs_per_query
     reports = [validate_file(p, min_docs=n_docs, max_docs=n_docs) for p in (train, val)

@@ -36,6 +36,7 @@ class Stage:
     contract: Contract | None = None  # for Python stages; SQL stages declare theirs in the file
     embeds: bool = False  # needs the embedding UDFs
     cosines: bool = False  # needs the cosine-by-row UDFs over the exported embeddings (etl.mine.CosineUDFs)
+    per_query: bool = False  # runs in query_id ranges of duckdb.batch_queries queries (batch_from/batch_to)
 
     @property
     def is_sql(self) -> bool:
@@ -189,7 +190,7 @@ STAGES: list[Stage] = [
                             checks=["isfinite(teacher_score)"])),
     Stage("scored_candidates", ("teacher_scores",), ("filters.relative_margin", "filters.absolute_margin")),
     Stage("examples", ("scored_candidates", "queries", "passages", "documents"),
-          ("negatives", "scoring", "split", "run.seed", "mining.top_k")),
+          ("negatives", "scoring", "split", "run.seed", "mining.top_k"), per_query=True),
 ]
 STAGE_NAMES = [s.name for s in STAGES] + ["export"]
 
@@ -275,6 +276,9 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
             extra["embedded"] = sum(udfs.embedded.values()) - sum(before.values())
             extra["model"] = udfs.embedder.name
             ctx.refresh_cache_view()
+        elif stage.per_query:
+            rows = wh.materialize_sql_batched(stage.name, _strip_sql(sql_text),
+                                              query_batches(ctx, ctx.cfg.duckdb.batch_queries))
         else:
             if stage.cosines:
                 _register_cosines(ctx)
@@ -290,6 +294,14 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
     result = LayerResult(stage.name, rows, time.perf_counter() - t0, fingerprint=fp, extra=extra)
     wh.write_state(result)
     return result
+
+
+def query_batches(ctx: Context, size: int) -> list[tuple[str, str | None]]:
+    """``(from, to)`` query_id ranges of ``size`` queries each, ascending (``to`` None = open end)."""
+    starts = [r[0] for r in ctx.wh.con.execute(
+        "SELECT query_id FROM queries QUALIFY (row_number() OVER (ORDER BY query_id) - 1) % ? = 0 "
+        "ORDER BY query_id", [max(1, int(size))]).fetchall()]
+    return [(lo, starts[i + 1] if i + 1 < len(starts) else None) for i, lo in enumerate(starts)]
 
 
 def _strip_sql(text: str) -> str:

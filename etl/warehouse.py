@@ -230,6 +230,41 @@ class Warehouse:
         self._create_view(name)
         return self.count(name)
 
+    def materialize_sql_batched(self, name: str, select_sql: str,
+                                bounds: list[tuple[Any, Any]]) -> int:
+        """Like :meth:`materialize_sql`, one key range at a time, for models that work per query.
+
+        For each ``(lo, hi)`` the variables ``batch_from`` / ``batch_to`` are set (``hi`` None = no
+        upper bound) and ``select_sql`` (which filters its input to ``lo <= key < hi``) is written
+        to a part file; the parts are then concatenated in order into the layer file. Only one
+        batch's working set is in memory at a time. With no bounds the model runs once, unbounded.
+        """
+        if not bounds:
+            return self.materialize_sql(name, select_sql)
+        final = self.layer_path(name)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        parts: list[Path] = []
+        try:
+            for i, (lo, hi) in enumerate(bounds):
+                part = final.with_name(f".{final.name}.{os.getpid()}.part{i:05d}")
+                self.con.execute("SET VARIABLE batch_from = ?", [lo])
+                self.con.execute("SET VARIABLE batch_to = ?", [hi])
+                self.con.execute(f"COPY (\n{select_sql}\n) TO {_q(part)} (FORMAT parquet, COMPRESSION zstd)")
+                parts.append(part)
+            files = "[" + ", ".join(_q(p) for p in parts) + "]"
+            # read_parquet keeps the files' order (preserve_insertion_order): the batches are key ranges
+            # in ascending order, so the layer keeps the model's ORDER BY without a sort.
+            self.con.execute(f"COPY (SELECT * FROM read_parquet({files})) TO {_q(tmp)} "
+                             "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 10000)")
+            os.replace(tmp, final)
+        finally:
+            self.con.execute("RESET VARIABLE batch_from")
+            self.con.execute("RESET VARIABLE batch_to")
+            for p in [*parts, tmp]:
+                p.unlink(missing_ok=True)
+        self._create_view(name)
+        return self.count(name)
+
     def register_file(self, name: str, written_tmp: Path) -> int:
         """Move a Parquet file written by Python into place as layer ``name``."""
         os.replace(written_tmp, self.layer_path(name))

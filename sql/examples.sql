@@ -13,15 +13,22 @@
 -- Order: positive first, then by score descending (see README "Doc order").
 -- Split: by md5 of the positive document's normalized title, so all queries of a document, and
 -- of same-titled documents in other sources, fall in the same split.
+-- No texts here (a record's docs are its passage_ids): the export joins them per batch of
+-- records (sql/export_records.sql), so no step holds every record's texts at once.
 --
 -- @unique: query_id
--- @not_null: query_id, query, docs, scores, roles, split
--- @check: len(docs) = len(scores) AND len(docs) = len(roles)
--- @check: len(docs) = 1 + getvariable('n_hard') + getvariable('n_related') + getvariable('n_easy')
+-- @not_null: query_id, query, passage_ids, scores, roles, split
+-- @check: len(passage_ids) = len(scores) AND len(passage_ids) = len(roles)
+-- @check: len(passage_ids) = 1 + getvariable('n_hard') + getvariable('n_related') + getvariable('n_easy')
 -- @check: roles[1] = 'positive' AND list_count(list_filter(roles, lambda r: r = 'positive')) = 1
 -- @check: list_min(scores) >= 0 AND list_max(scores) <= getvariable('score_scale')
 WITH ok AS NOT MATERIALIZED (  -- re-read per use (a filtered scan) rather than holding every usable candidate
-    SELECT *, teacher_score AS teacher_sim FROM scored_candidates WHERE filter_reason IS NULL
+    SELECT *, teacher_score AS teacher_sim FROM scored_candidates
+    WHERE filter_reason IS NULL
+      -- the runner writes this layer one query_id range at a time (duckdb.batch_queries queries);
+      -- unset (NULL) bounds = every query
+      AND (getvariable('batch_from') IS NULL OR query_id >= getvariable('batch_from'))
+      AND (getvariable('batch_to') IS NULL OR query_id < getvariable('batch_to'))
 ),
 pos AS (SELECT * FROM ok WHERE role = 'positive'),
 hard_pick AS (
@@ -71,31 +78,24 @@ slotted AS (  -- slot 1 = the positive, then by score descending (ties: role, pa
                                  ORDER BY role_order = 0 DESC, score DESC, role_order, passage_id) AS slot
     FROM scored
 ),
-items AS (  -- texts joined last; one unordered list per record, put in slot order by list_sort
-    -- (an unordered list aggregate over narrow structs keeps memory low at millions of records;
-    -- list_sort orders the structs by their first field, the unique slot)
-    SELECT s.query_id,
-           list({'slot': s.slot,
-                 'text': coalesce(CASE WHEN s.role = 'positive' THEN q.positive_text END, ps.text),
-                 'score': s.score, 'role': s.role, 'passage_id': s.passage_id,
-                 'teacher_score': round(s.teacher_sim, 6), 'teacher_sim': round(s.bi_score, 6)}) AS items
-    FROM slotted s
-    JOIN queries q USING (query_id)
-    JOIN passages ps ON ps.passage_id = s.passage_id
-    GROUP BY s.query_id
-),
-sorted AS (SELECT query_id, list_sort(items) AS items FROM items)
+slots AS (  -- one narrow list per record, put in slot order by list_sort (structs sort by their
+    -- first field, the unique slot); texts are joined at export, per batch (sql/export_records.sql)
+    SELECT query_id,
+           list_sort(list({'slot': slot, 'score': score, 'role': role, 'passage_id': passage_id,
+                           'teacher_score': round(teacher_sim, 6), 'teacher_sim': round(bi_score, 6)})) AS items
+    FROM slotted
+    GROUP BY query_id
+)
 SELECT s.query_id, q.query, q.method, q.source, q.doc_id,
        CASE WHEN (md5_number(lower(d.title)) % 1000000) < getvariable('val_fraction') * 1000000
             THEN 'val' ELSE 'train' END AS split,
-       list_transform(s.items, lambda x: x.text) AS docs,
        list_transform(s.items, lambda x: x.score) AS scores,
        list_transform(s.items, lambda x: x.role) AS roles,
        list_transform(s.items, lambda x: x.passage_id) AS passage_ids,
        list_transform(s.items, lambda x: x.teacher_score) AS teacher_scores,
        list_transform(s.items, lambda x: x.teacher_sim) AS teacher_sims,
        h.n_deep AS deep_hard_negatives
-FROM sorted s
+FROM slots s
 JOIN hard_stats h USING (query_id)
 JOIN queries q USING (query_id)
 JOIN documents d ON d.doc_id = q.doc_id

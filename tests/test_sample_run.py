@@ -48,7 +48,7 @@ def test_duckdb_has_a_view_per_layer(sample_run):
 
 
 def test_every_record_has_one_positive_first_and_5_to_7_hard_negatives(sample_run, sample_cfg):
-    recs = sample_run.q("SELECT query_id, roles, len(docs), len(scores) FROM examples")
+    recs = sample_run.q("SELECT query_id, roles, len(passage_ids), len(scores) FROM examples")
     assert len(recs) == sample_run.metadata["total_queries"] > 100
     for qid, roles, n_docs, n_scores in recs:
         assert roles[0] == "positive", qid
@@ -145,9 +145,16 @@ def test_split_is_grouped_by_document(sample_run):
 
 
 def test_export_is_the_examples_layer(sample_run):
+    """Each JSONL record = its examples row, docs = the texts of passage_ids (the positive's own text first)."""
+    texts = dict(sample_run.q("SELECT passage_id, text FROM passages"))
+    positive = dict(sample_run.q("SELECT query_id, positive_text FROM queries WHERE positive_text IS NOT NULL"))
+    assert positive, "the sample has first_sentence queries with their own positive text"
     for split in ("train", "val"):
-        want = [{"query": q, "docs": list(d), "scores": list(s)} for q, d, s in sample_run.q(
-            "SELECT query, docs, scores FROM examples WHERE split = ? ORDER BY query_id", [split])]
+        want = [{"query": q, "docs": [positive.get(qid) or texts[ids[0]]] + [texts[i] for i in ids[1:]],
+                 "scores": list(s)}
+                for qid, q, ids, s in sample_run.q(
+                    "SELECT query_id, query, passage_ids, scores FROM examples WHERE split = ? ORDER BY query_id",
+                    [split])]
         assert read_jsonl(sample_run.export / f"{split}.jsonl") == want
 
 

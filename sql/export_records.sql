@@ -1,0 +1,32 @@
+-- Export records (not a layer): the JSONL records {query, docs, scores} of one batch of examples.
+-- The export runs this once per batch: the examples of split getvariable('records_split') with
+-- query_id in [getvariable('records_from'), getvariable('records_to')) (records_to NULL = no upper
+-- bound), in query_id order, and appends each batch to train.jsonl / val.jsonl. Joining the texts
+-- per batch bounds memory: one pass over every record holds all their text lists at once (~20 GB
+-- at 1M documents); a batch of export.batch_records records holds ~11 KB each.
+-- docs[1] is the positive: the query's own positive text where its method cut one (first_sentence,
+-- query files with a fixed positive), else the passage; the rest are passages, in the slot order
+-- of examples.passage_ids.
+WITH ex AS (
+    SELECT query_id, query, scores, passage_ids
+    FROM examples
+    WHERE split = getvariable('records_split')
+      AND query_id >= getvariable('records_from')
+      AND (getvariable('records_to') IS NULL OR query_id < getvariable('records_to'))
+),
+slots AS (
+    SELECT query_id, unnest(passage_ids) AS passage_id, generate_subscripts(passage_ids, 1) AS slot FROM ex
+),
+texts AS (
+    SELECT s.query_id,
+           list({'slot': s.slot,
+                 'text': coalesce(CASE WHEN s.slot = 1 THEN q.positive_text END, p.text)}) AS items
+    FROM slots s
+    JOIN passages p USING (passage_id)
+    JOIN queries q USING (query_id)
+    GROUP BY s.query_id
+)
+SELECT ex.query, list_transform(list_sort(t.items), lambda x: x.text) AS docs, ex.scores
+FROM ex
+JOIN texts t USING (query_id)
+ORDER BY ex.query_id
