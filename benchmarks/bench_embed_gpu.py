@@ -157,7 +157,8 @@ def passage_texts(n: int, lengths_from: Path | None, seed: int = 0) -> list[str]
 
 
 def throughput(model: Path, texts: list[str], batch_sizes: list[int], unsorted: list[int],
-               plain: list[int] | None = None, max_chars: int = 2000, repeats: int = 2) -> list[dict]:
+               plain: list[int] | None = None, max_chars: int = 2000, repeats: int = 2,
+               kind: str = "passage") -> list[dict]:
     """Time embed_batched on ``texts`` for each variant; best of ``repeats``.
 
     Variants: length-sorted batches at each of ``batch_sizes``, unsorted batches at ``unsorted``,
@@ -176,21 +177,21 @@ def throughput(model: Path, texts: list[str], batch_sizes: list[int], unsorted: 
         emb.pipelined = emb.pipelined and pipe
         if tok_counts is None:
             tok = emb._model.tokenizer
-            tok_counts = np.array([len(x) for x in tok(["passage: " + t[:max_chars] for t in texts],
+            tok_counts = np.array([len(x) for x in tok([f"{kind}: " + t[:max_chars] for t in texts],
                                                        truncation=True, max_length=512)["input_ids"]])
-        embed_batched(emb, texts[: max(b * 4, 256)], "passage", b, max_chars, sort_by_length=sort)  # warm-up
+        embed_batched(emb, texts[: max(b * 4, 256)], kind, b, max_chars, sort_by_length=sort)  # warm-up
         best = float("inf")
         for _ in range(repeats):
             if emb.device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            vecs = embed_batched(emb, texts, "passage", b, max_chars, sort_by_length=sort)
+            vecs = embed_batched(emb, texts, kind, b, max_chars, sort_by_length=sort)
             if emb.device.startswith("cuda"):
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)
         assert vecs.shape == (len(texts), emb.dim) and np.isfinite(vecs).all()
         peak = torch.cuda.max_memory_allocated() / 2**30 if emb.device.startswith("cuda") else 0.0
-        rows.append({"device": emb.device, "dtype": "fp16" if emb.device.startswith("cuda") else "fp32",
+        rows.append({"kind": kind, "device": emb.device, "dtype": "fp16" if emb.device.startswith("cuda") else "fp32",
                      "batch_size": b, "sorted": sort, "pipelined": emb.pipelined, "texts": len(texts),
                      "seconds": round(best, 2),
                      "texts_per_s": round(len(texts) / best, 1),
@@ -224,6 +225,7 @@ def main() -> None:
                    help="batch sizes also timed without tokenize/GPU pipelining")
     r.add_argument("--save-lengths", type=Path, default=None,
                    help="write the character lengths of --lengths-from to this Parquet file and stop")
+    r.add_argument("--kind", choices=["passage", "query"], default="passage", help="e5 prefix of the texts")
     r.add_argument("--repeats", type=int, default=2)
     r.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
@@ -239,20 +241,22 @@ def main() -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        text = pq.read_table(a.lengths_from, columns=["text"]).column(0)
+        names = pq.read_schema(a.lengths_from).names
+        text = pq.read_table(a.lengths_from, columns=["text" if "text" in names else "query"]).column(0)
         pq.write_table(pa.table({"chars": pa.compute.utf8_length(text)}), a.save_lengths)
     else:
         texts = passage_texts(a.n, a.lengths_from)
         print(machine())
-        rows = throughput(a.model, texts, a.batch_sizes, a.unsorted, a.plain, repeats=a.repeats)
+        rows = throughput(a.model, texts, a.batch_sizes, a.unsorted, a.plain, repeats=a.repeats, kind=a.kind)
         print(table(rows, ["device", "dtype", "batch_size", "sorted", "pipelined", "texts", "seconds", "texts_per_s",
                            "tokens_per_s", "mean_tokens", "gpu_peak_GiB"]))
         for key, label in (("sorted", "sorted vs unsorted"), ("pipelined", "pipelined vs plain")):
-            base = next((r for r in rows if not r[key]), None)
-            same = base and next((r for r in rows if r["sorted"] and r["pipelined"] == rows[0]["pipelined"]
-                                  and r["batch_size"] == base["batch_size"]), None)
-            if base and same:
-                print(f"{label} at batch {base['batch_size']}: {same['texts_per_s'] / base['texts_per_s']:.2f}x")
+            for base in (r for r in rows if not r[key]):
+                other = "pipelined" if key == "sorted" else "sorted"
+                same = next((r for r in rows if r[key] and r[other] == base[other]
+                             and r["batch_size"] == base["batch_size"]), None)
+                if same:
+                    print(f"{label} at batch {base['batch_size']}: {same['texts_per_s'] / base['texts_per_s']:.2f}x")
         save_json(a.out or Path(__file__).parent / "out" / "embed_gpu.json",
                   {"machine": machine(), "rows": rows})
 

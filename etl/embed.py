@@ -575,7 +575,8 @@ class EmbeddingUDFs:
     """Registers ``embed_passage`` / ``embed_query`` into a DuckDB connection.
 
     Every computed vector also goes to the :class:`CacheWriter` (when caching is on), so the cache
-    doubles as the resumable shard store of the embedding stages.
+    doubles as the resumable shard store of the embedding stages. :meth:`prefill` fills the cache
+    in large chunks before a stage's SQL runs, so with caching on the UDFs see no misses.
     """
 
     def __init__(self, embedder: Embedder, cfg: EmbeddingConfig, progress: bool = True,
@@ -603,18 +604,40 @@ class EmbeddingUDFs:
         if self.cache is not None:
             self.cache.flush()
 
+    def embed(self, values: list[str], kind: Kind) -> np.ndarray:
+        """Embed ``values`` (batched, length-sorted), count them, cache them, advance the progress bar."""
+        with self._lock:  # one model, one caller at a time (DuckDB may call from several threads)
+            vecs = embed_batched(self.embedder, values, kind, self.cfg.batch_size, self.cfg.max_chars)
+            self.embedded[kind] += len(values)
+            if self.cache is not None:
+                self.cache.add([text_hash(kind, v) for v in values], vecs)
+            if self._bar is not None:
+                self._bar.update(len(values))
+        return vecs
+
+    def prefill(self, con, sql: str, kind: Kind, chunk: int = 16384) -> int:
+        """Embed the texts ``sql`` yields (one VARCHAR column) into the cache, ``chunk`` at a time.
+
+        DuckDB hands a UDF 2,048 rows per call; this pass feeds the model ``chunk`` texts per call
+        instead, so a GPU gets long runs of length-sorted batches (and the tokenizer pipelining has
+        batches to overlap). The SQL model then finds every text in the cache. Needs the cache.
+        """
+        if self.cache is None:
+            return 0
+        n = 0
+        for batch in con.sql(sql).to_arrow_reader(chunk):
+            values = [v or "" for v in batch.column(0).to_pylist()]
+            if values:
+                self.embed(values, kind)
+                n += len(values)
+        self.cache.flush()
+        return n
+
     def _udf(self, kind: Kind):
         dim = self.embedder.dim
 
         def fn(texts: pa.Array) -> pa.Array:
-            values = [v or "" for v in texts.to_pylist()]
-            with self._lock:  # one model, one caller at a time (DuckDB may call from several threads)
-                vecs = embed_batched(self.embedder, values, kind, self.cfg.batch_size, self.cfg.max_chars)
-                self.embedded[kind] += len(values)
-                if self.cache is not None:
-                    self.cache.add([text_hash(kind, v) for v in values], vecs)
-                if self._bar is not None:
-                    self._bar.update(len(values))
+            vecs = self.embed([v or "" for v in texts.to_pylist()], kind)
             flat = pa.array(vecs.reshape(-1), type=pa.float32())
             return pa.FixedSizeListArray.from_arrays(flat, dim)
 

@@ -270,6 +270,8 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
             udfs.start_progress(n_todo, stage.name)
             before = dict(udfs.embedded)
             try:
+                if n_todo:
+                    _prefill_cache(ctx, stage)
                 rows = wh.materialize_sql(stage.name, _strip_sql(sql_text))
             finally:
                 udfs.close_progress()
@@ -318,6 +320,33 @@ def _count_cache_misses(ctx: Context, layer: str) -> int:
         sql = ("SELECT count(*) + count(positive_text) FROM queries q WHERE sha256('query: ' || q.query) NOT IN "
                "(SELECT text_hash FROM embedding_cache)")
     return int(con.execute(sql).fetchall()[0][0])
+
+
+PREFILL_SQL = {  # cache misses of each embedding stage, shortest first (same order as the models' todo)
+    "passage_embeddings": [
+        ("passage", "SELECT p.text FROM passages p ANTI JOIN embedding_cache c "
+                    "ON c.text_hash = sha256('passage: ' || p.text) ORDER BY length(p.text), p.passage_id")],
+    "query_embeddings": [
+        ("query", "SELECT q.query FROM queries q ANTI JOIN embedding_cache c "
+                  "ON c.text_hash = sha256('query: ' || q.query) ORDER BY length(q.query), q.query_id"),
+        ("passage", "SELECT q.positive_text FROM queries q ANTI JOIN embedding_cache c "
+                    "ON c.text_hash = sha256('passage: ' || q.positive_text) WHERE q.positive_text IS NOT NULL "
+                    "ORDER BY length(q.positive_text), q.query_id")],
+}
+
+
+def _prefill_cache(ctx: Context, stage: Stage) -> None:
+    """Embed a stage's cache misses in large chunks (``EmbeddingUDFs.prefill``) before its SQL runs.
+
+    The SQL model then reads every vector from the cache; its UDF calls only pick up what the
+    prefill could not cache (nothing, unless caching is off, when the prefill does nothing).
+    """
+    udfs = ctx.udfs()
+    if udfs.cache is None:
+        return
+    for kind, sql in PREFILL_SQL[stage.name]:
+        udfs.prefill(ctx.wh.con, sql, kind)
+    ctx.refresh_cache_view()
 
 
 SHARD_SQL = {

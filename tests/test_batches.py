@@ -6,6 +6,8 @@
   Small batch sizes (several batches, uneven last batch, a batch of one) must give the same
   ``examples`` rows in the same order and byte-identical JSONL as one batch.
 * ``query_batches`` covers every query exactly once, in ascending ranges.
+* the embedding stages' prefill (cache misses embedded in large chunks before the SQL model runs)
+  gives the vectors the UDF path gives, and leaves the UDFs nothing to do.
 """
 
 from __future__ import annotations
@@ -72,3 +74,49 @@ def test_query_batches_cover_every_query_once(tiny_reference_run, tmp_path):
 def test_batch_sizes_must_be_positive(key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [f"{key}=0"])
+
+
+def test_embedding_prefill_matches_the_udf_path(tmp_path, tiny_model, tiny_corpus):
+    """With the cache on, the embedding stages embed their cache misses in large chunks before the
+    SQL runs (``EmbeddingUDFs.prefill``), so the UDFs are never called; with the cache off the UDFs
+    embed row by row. Both give the same vectors for every passage, query and positive text."""
+    import numpy as np
+    from etl_helpers import run_stages, tiny_run_dirs
+
+    from etl import embed
+
+    layers = {}
+    for cache in (True, False):
+        dirs = tiny_run_dirs(tmp_path / f"cache_{cache}", tiny_corpus, tiny_model,
+                             settings={"embedding": {"cache": cache}})
+        cfg = load_config(dirs.config)
+        calls = []
+        orig = embed.EmbeddingUDFs._udf
+
+        def counting(self, kind, _orig=orig, _calls=calls):
+            fn = _orig(self, kind)
+            return lambda texts: (_calls.append(len(texts)), fn(texts))[1]
+
+        embed.EmbeddingUDFs._udf = counting
+        try:
+            wh = run_stages(cfg, "query_embeddings")
+        finally:
+            embed.EmbeddingUDFs._udf = orig
+        try:
+            layers[cache] = {
+                "p": wh.con.execute("SELECT passage_id, embedding FROM passage_embeddings ORDER BY 1").fetchall(),
+                "q": wh.con.execute("SELECT query_id, embedding, positive_embedding FROM query_embeddings "
+                                    "ORDER BY 1").fetchall()}
+        finally:
+            wh.close()
+        assert (sum(calls) == 0) if cache else (sum(calls) > 0), (cache, sum(calls))
+    on, off = layers[True], layers[False]
+    assert [r[0] for r in on["p"]] == [r[0] for r in off["p"]] and len(on["p"]) > 50
+    np.testing.assert_allclose(np.array([r[1] for r in on["p"]]), np.array([r[1] for r in off["p"]]), atol=1e-5)
+    assert [r[0] for r in on["q"]] == [r[0] for r in off["q"]]
+    np.testing.assert_allclose(np.array([r[1] for r in on["q"]]), np.array([r[1] for r in off["q"]]), atol=1e-5)
+    pos_on = [r[2] for r in on["q"]]
+    pos_off = [r[2] for r in off["q"]]
+    assert [p is None for p in pos_on] == [p is None for p in pos_off] and any(p is not None for p in pos_on)
+    np.testing.assert_allclose(np.array([p for p in pos_on if p is not None]),
+                               np.array([p for p in pos_off if p is not None]), atol=1e-5)
