@@ -45,7 +45,7 @@ def _copy_jsonl(ctx: Context, split: str, path: Path) -> int:
         "SELECT query_id FROM examples WHERE split = ? "
         "QUALIFY (row_number() OVER (ORDER BY query_id) - 1) % ? = 0 ORDER BY query_id", [split, every]).fetchall()]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    part = path.with_name(f".{path.name}.{os.getpid()}.part.tmp")  # .tmp: swept by the next run after a crash
     con.execute("SET VARIABLE records_split = ?", [split])
     try:
         with open(tmp, "wb") as out:

@@ -246,7 +246,7 @@ class Warehouse:
         parts: list[Path] = []
         try:
             for i, (lo, hi) in enumerate(bounds):
-                part = final.with_name(f".{final.name}.{os.getpid()}.part{i:05d}")
+                part = final.with_name(f".{final.name}.{os.getpid()}.part{i:05d}.tmp")  # .tmp: swept after a crash
                 self.con.execute("SET VARIABLE batch_from = ?", [lo])
                 self.con.execute("SET VARIABLE batch_to = ?", [hi])
                 self.con.execute(f"COPY (\n{select_sql}\n) TO {_q(part)} (FORMAT parquet, COMPRESSION zstd)")
