@@ -31,6 +31,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"--shard {args.shard}: need 0 <= i < n", file=sys.stderr)
             return 2
         shard = (i, n)
+        if not cfg.embedding.cache:
+            print("--shard embeds into the embedding cache: it needs embedding.cache = true", file=sys.stderr)
+            return 2
     print(f"warehouse: {cfg.warehouse_dir}\nexport:    {cfg.export_dir}")
     meta = run_pipeline(cfg, force=args.force, until=args.until, shard=shard)
     if "total_queries" not in meta:

@@ -311,55 +311,41 @@ def _strip_sql(text: str) -> str:
     return text.strip().rstrip(";")
 
 
-def _count_cache_misses(ctx: Context, layer: str) -> int:
-    con = ctx.wh.con
-    if layer == "passage_embeddings":
-        sql = ("SELECT count(*) FROM passages p WHERE sha256('passage: ' || p.text) NOT IN "
-               "(SELECT text_hash FROM embedding_cache)")
-    else:
-        sql = ("SELECT count(*) + count(positive_text) FROM queries q WHERE sha256('query: ' || q.query) NOT IN "
-               "(SELECT text_hash FROM embedding_cache)")
-    return int(con.execute(sql).fetchall()[0][0])
-
-
-PREFILL_SQL = {  # cache misses of each embedding stage, shortest first (same order as the models' todo)
-    "passage_embeddings": [
-        ("passage", "SELECT p.text FROM passages p ANTI JOIN embedding_cache c "
-                    "ON c.text_hash = sha256('passage: ' || p.text) ORDER BY length(p.text), p.passage_id")],
-    "query_embeddings": [
-        ("query", "SELECT q.query FROM queries q ANTI JOIN embedding_cache c "
-                  "ON c.text_hash = sha256('query: ' || q.query) ORDER BY length(q.query), q.query_id"),
-        ("passage", "SELECT q.positive_text FROM queries q ANTI JOIN embedding_cache c "
-                    "ON c.text_hash = sha256('passage: ' || q.positive_text) WHERE q.positive_text IS NOT NULL "
-                    "ORDER BY length(q.positive_text), q.query_id")],
+# The texts each embedding stage embeds: (e5 kind, text expression, table, row key, condition).
+EMBEDDED_TEXTS: dict[str, list[tuple[str, str, str, str, str]]] = {
+    "passage_embeddings": [("passage", "p.text", "passages p", "p.passage_id", "true")],
+    "query_embeddings": [("query", "q.query", "queries q", "q.query_id", "true"),
+                         ("passage", "q.positive_text", "queries q", "q.query_id", "q.positive_text IS NOT NULL")],
 }
 
 
-def _prefill_cache(ctx: Context, stage: Stage) -> None:
+def _cache_miss_sql(kind: str, expr: str, table: str, key: str, cond: str,
+                    shard: tuple[int, int] | None = None, ordered: bool = True) -> str:
+    """SELECT of the texts missing from the embedding cache (shortest first, as the models' todo)."""
+    where = cond if shard is None else f"{cond} AND md5_number({expr}) % {int(shard[1])} = {int(shard[0])}"
+    sql = (f"SELECT {expr} AS text FROM {table} ANTI JOIN embedding_cache c "
+           f"ON c.text_hash = sha256('{kind}: ' || {expr}) WHERE {where}")
+    return sql + (f" ORDER BY length({expr}), {key}" if ordered else "")
+
+
+def _count_cache_misses(ctx: Context, layer: str) -> int:
+    return sum(int(ctx.wh.con.execute(f"SELECT count(*) FROM ({_cache_miss_sql(*t, ordered=False)})")
+                   .fetchall()[0][0]) for t in EMBEDDED_TEXTS[layer])
+
+
+def _prefill_cache(ctx: Context, stage: Stage, shard: tuple[int, int] | None = None) -> None:
     """Embed a stage's cache misses in large chunks (``EmbeddingUDFs.prefill``) before its SQL runs.
 
     The SQL model then reads every vector from the cache; its UDF calls only pick up what the
     prefill could not cache (nothing, unless caching is off, when the prefill does nothing).
+    With ``shard = (i, n)`` only texts whose md5 is i modulo n.
     """
     udfs = ctx.udfs()
     if udfs.cache is None:
         return
-    for kind, sql in PREFILL_SQL[stage.name]:
-        udfs.prefill(ctx.wh.con, sql, kind)
+    for t in EMBEDDED_TEXTS[stage.name]:
+        udfs.prefill(ctx.wh.con, _cache_miss_sql(*t, shard=shard), t[0])
     ctx.refresh_cache_view()
-
-
-SHARD_SQL = {
-    "passage_embeddings": [
-        "SELECT sum(len(embed_passage(text))) FROM passages WHERE md5_number(text) % {n} = {i} "
-        "AND sha256('passage: ' || text) NOT IN (SELECT text_hash FROM embedding_cache)"],
-    "query_embeddings": [
-        "SELECT sum(len(embed_query(query))) FROM queries WHERE md5_number(query) % {n} = {i} "
-        "AND sha256('query: ' || query) NOT IN (SELECT text_hash FROM embedding_cache)",
-        "SELECT sum(len(embed_passage(positive_text))) FROM queries WHERE positive_text IS NOT NULL "
-        "AND md5_number(positive_text) % {n} = {i} "
-        "AND sha256('passage: ' || positive_text) NOT IN (SELECT text_hash FROM embedding_cache)"],
-}
 
 
 def embed_shard(ctx: Context, stage: Stage, i: int, n: int, log: Callable[[str], None]) -> int:
@@ -373,8 +359,7 @@ def embed_shard(ctx: Context, stage: Stage, i: int, n: int, log: Callable[[str],
     t0 = time.perf_counter()
     udfs.start_progress(0, stage.name)
     try:
-        for sql in SHARD_SQL[stage.name]:
-            ctx.wh.con.execute(sql.format(i=int(i), n=int(n))).fetchall()
+        _prefill_cache(ctx, stage, shard=(i, n))
     finally:
         udfs.close_progress()
     ctx.refresh_cache_view()
