@@ -40,17 +40,13 @@ def _copy_jsonl(ctx: Context, split: str, path: Path) -> int:
     """
     con, cfg = ctx.wh.con, ctx.cfg
     sql = (cfg.sql_dir / "export_records.sql").read_text(encoding="utf-8").strip().rstrip(";")
-    every = max(1, int(cfg.export.batch_records))
-    starts = [r[0] for r in con.execute(
-        "SELECT query_id FROM examples WHERE split = ? "
-        "QUALIFY (row_number() OVER (ORDER BY query_id) - 1) % ? = 0 ORDER BY query_id", [split, every]).fetchall()]
+    ranges = ctx.wh.key_ranges("examples", "query_id", cfg.export.batch_records, "split = ?", [split])
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     part = path.with_name(f".{path.name}.{os.getpid()}.part.tmp")  # .tmp: swept by the next run after a crash
     con.execute("SET VARIABLE records_split = ?", [split])
     try:
         with open(tmp, "wb") as out:
-            for i, lo in enumerate(starts):
-                hi = starts[i + 1] if i + 1 < len(starts) else None
+            for lo, hi in ranges:
                 con.execute("SET VARIABLE records_from = ?", [lo])
                 con.execute("SET VARIABLE records_to = ?::VARCHAR", [hi])
                 con.execute(f"COPY ({sql}) TO '{part}' (FORMAT JSON)")

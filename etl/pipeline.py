@@ -300,10 +300,7 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
 
 def query_batches(ctx: Context, size: int) -> list[tuple[str, str | None]]:
     """``(from, to)`` query_id ranges of ``size`` queries each, ascending (``to`` None = open end)."""
-    starts = [r[0] for r in ctx.wh.con.execute(
-        "SELECT query_id FROM queries QUALIFY (row_number() OVER (ORDER BY query_id) - 1) % ? = 0 "
-        "ORDER BY query_id", [max(1, int(size))]).fetchall()]
-    return [(lo, starts[i + 1] if i + 1 < len(starts) else None) for i, lo in enumerate(starts)]
+    return ctx.wh.key_ranges("queries", "query_id", size)
 
 
 def _strip_sql(text: str) -> str:
@@ -359,10 +356,9 @@ def embed_shard(ctx: Context, stage: Stage, i: int, n: int, log: Callable[[str],
     t0 = time.perf_counter()
     udfs.start_progress(0, stage.name)
     try:
-        _prefill_cache(ctx, stage, shard=(i, n))
+        _prefill_cache(ctx, stage, shard=(i, n))  # refreshes the cache view
     finally:
         udfs.close_progress()
-    ctx.refresh_cache_view()
     done = sum(udfs.embedded.values()) - before
     log(f"  {stage.name:<20} {done:>10,} texts embedded into the cache (shard {i}/{n}) "
         f"{time.perf_counter() - t0:7.1f}s")

@@ -86,6 +86,9 @@ def sha(*parts: Any) -> str:
     return h.hexdigest()[:24]
 
 
+LAYER_PARQUET = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 10000"  # COPY options of every SQL layer
+
+
 def _q(path: Path) -> str:
     """Quote a path as a SQL string literal."""
     return "'" + str(path).replace("'", "''") + "'"
@@ -218,14 +221,24 @@ class Warehouse:
         atomic_write_text(self.state_dir / f"{result.name}.json", json.dumps(payload, indent=2))
 
     # ---- materialization ------------------------------------------------------------------
+    def key_ranges(self, table: str, key: str, size: int, where: str = "true",
+                   params: list[Any] | None = None) -> list[tuple[Any, Any]]:
+        """Ascending ``(from, to)`` ranges of ``key``, ``size`` rows of ``table`` (matching ``where``) each.
+
+        The last ``to`` is None (no upper bound); no rows give no ranges.
+        """
+        starts = [r[0] for r in self.con.execute(
+            f"SELECT {key} FROM {table} WHERE {where} "
+            f"QUALIFY (row_number() OVER (ORDER BY {key}) - 1) % ? = 0 ORDER BY {key}",
+            [*(params or []), max(1, int(size))]).fetchall()]
+        return [(lo, starts[i + 1] if i + 1 < len(starts) else None) for i, lo in enumerate(starts)]
+
     def materialize_sql(self, name: str, select_sql: str) -> int:
         """Write ``select_sql`` to the layer's Parquet file atomically and refresh its view."""
         final = self.layer_path(name)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
-        self.con.execute(
-            f"COPY (\n{select_sql}\n) TO {_q(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 10000)"
-        )
+        self.con.execute(f"COPY (\n{select_sql}\n) TO {_q(tmp)} ({LAYER_PARQUET})")
         os.replace(tmp, final)
         self._create_view(name)
         return self.count(name)
@@ -249,13 +262,12 @@ class Warehouse:
                 part = final.with_name(f".{final.name}.{os.getpid()}.part{i:05d}.tmp")  # .tmp: swept after a crash
                 self.con.execute("SET VARIABLE batch_from = ?", [lo])
                 self.con.execute("SET VARIABLE batch_to = ?", [hi])
-                self.con.execute(f"COPY (\n{select_sql}\n) TO {_q(part)} (FORMAT parquet, COMPRESSION zstd)")
+                self.con.execute(f"COPY (\n{select_sql}\n) TO {_q(part)} ({LAYER_PARQUET})")
                 parts.append(part)
             files = "[" + ", ".join(_q(p) for p in parts) + "]"
             # read_parquet keeps the files' order (preserve_insertion_order): the batches are key ranges
             # in ascending order, so the layer keeps the model's ORDER BY without a sort.
-            self.con.execute(f"COPY (SELECT * FROM read_parquet({files})) TO {_q(tmp)} "
-                             "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 10000)")
+            self.con.execute(f"COPY (SELECT * FROM read_parquet({files})) TO {_q(tmp)} ({LAYER_PARQUET})")
             os.replace(tmp, final)
         finally:
             self.con.execute("RESET VARIABLE batch_from")
