@@ -30,10 +30,11 @@ from urllib.parse import quote
 from common import cpu_seconds, dir_size, ensure_corpus, load, machine, make_config, run_stages, save_json, table
 
 WS = r"[\t\n\f\r ]"  # RE2 \s
+ZSTD_LEVEL = 1  # the same as the SQL layers (etl.warehouse.LAYER_PARQUET) and pyarrow's default
 
 # sha256 (first 16 hex) of the SQL files this translation was written against; the SQL models are
 # edited concurrently, so a mismatch is reported (and the row comparison shows what drifted).
-TRANSLATED_FROM = {"clean_documents.sql": "3f290fb5495ce172", "passages.sql": "7eb273a5b4dc374b"}
+TRANSLATED_FROM = {"clean_documents.sql": "e0a03700b3ad246f", "passages.sql": "5b471f13bec86876"}
 
 
 def sql_drift(sql_dir: Path) -> list[str]:
@@ -119,10 +120,10 @@ def pandas_clean(raw_path: Path, cfg, out_dir: Path) -> dict[str, int]:
     cols = ["doc_id", "source", "orig_id", "url", "title", "language", "namespace", "text", "n_chars", "file",
             "line_no", "drop_reason"]
     clean = df[cols].sort_values("doc_id", kind="stable")
-    clean.to_parquet(out_dir / "clean_documents.parquet", compression="zstd", index=False)
+    clean.to_parquet(out_dir / "clean_documents.parquet", compression="zstd", compression_level=ZSTD_LEVEL, index=False)
     docs = clean[clean["drop_reason"].isna()][["doc_id", "source", "orig_id", "url", "title", "language",
                                                "text", "n_chars"]]
-    docs.to_parquet(out_dir / "documents.parquet", compression="zstd", index=False)
+    docs.to_parquet(out_dir / "documents.parquet", compression="zstd", compression_level=ZSTD_LEVEL, index=False)
     dropped = clean[clean["drop_reason"].notna()]
     quarantine = pd.concat([
         pd.DataFrame({"stage": "ingest", "source": bad["source"], "file": bad["file"], "line_no": bad["line_no"],
@@ -131,7 +132,7 @@ def pandas_clean(raw_path: Path, cfg, out_dir: Path) -> dict[str, int]:
                       "line_no": dropped["line_no"], "doc_id": dropped["doc_id"], "title": dropped["title"],
                       "reason": dropped["drop_reason"], "excerpt": dropped["text"].str.slice(0, 200)}),
     ]).sort_values(["stage", "source", "file", "line_no"], kind="stable")
-    quarantine.to_parquet(out_dir / "quarantine.parquet", compression="zstd", index=False)
+    quarantine.to_parquet(out_dir / "quarantine.parquet", compression="zstd", compression_level=ZSTD_LEVEL, index=False)
     return {"clean_documents": len(clean), "documents": len(docs), "quarantine": len(quarantine)}
 
 
@@ -179,9 +180,10 @@ def pandas_chunk(docs_path: Path, cfg, out_dir: Path) -> int:
             nos.append(i)
             texts.append(t)
     passages = pd.DataFrame({"passage_id": ids, "doc_id": [i.rsplit("#", 1)[0] for i in ids], "source": srcs,
-                             "title": titles, "chunk_no": pd.array(nos, dtype="int32"), "text": texts})
+                             "title": titles, "chunk_no": pd.array(nos, dtype="int32"), "text": texts,
+                             "n_chars": [len(t) for t in texts]})
     passages = passages.sort_values("passage_id", kind="stable")
-    passages.to_parquet(out_dir / "passages.parquet", compression="zstd", index=False)
+    passages.to_parquet(out_dir / "passages.parquet", compression="zstd", compression_level=ZSTD_LEVEL, index=False)
     return len(passages)
 
 

@@ -86,7 +86,9 @@ def sha(*parts: Any) -> str:
     return h.hexdigest()[:24]
 
 
-LAYER_PARQUET = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 10000"  # COPY options of every SQL layer
+# COPY options of every SQL layer. zstd level 1 (pyarrow's default) rather than DuckDB's 3: text layers come out ~25 %
+# larger, and writing one costs ~15 % less CPU (100k docs: documents 1.96 s vs 2.26 s, clean+chunk 17.5 s vs 19.3 s).
+LAYER_PARQUET = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE 10000"
 
 
 def _q(path: Path) -> str:
@@ -304,13 +306,14 @@ class Warehouse:
             if n:
                 problems.append(f"{n} rows with NULL {col}")
         for expr in contract.checks:
-            rows = self.con.execute(
-                f"SELECT * FROM {name} WHERE NOT coalesce(({expr}), false) LIMIT 3"
-            ).fetchall()
-            if rows:
-                n = self.con.execute(
-                    f"SELECT count(*) FROM {name} WHERE NOT coalesce(({expr}), false)"
-                ).fetchall()[0][0]
+            # count first: it reads only the columns the check names (SELECT * would read every text)
+            n = self.con.execute(
+                f"SELECT count(*) FROM {name} WHERE NOT coalesce(({expr}), false)"
+            ).fetchall()[0][0]
+            if n:
+                rows = self.con.execute(
+                    f"SELECT * FROM {name} WHERE NOT coalesce(({expr}), false) LIMIT 3"
+                ).fetchall()
                 shown = [tuple(str(v)[:80] for v in r) for r in rows]
                 problems.append(f"{n} rows fail check `{expr}`, e.g. {shown}")
         if problems:

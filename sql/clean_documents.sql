@@ -11,7 +11,7 @@
 --
 -- @unique: doc_id
 -- @not_null: doc_id, source, title, text
--- @check: drop_reason IS NOT NULL OR length(text) BETWEEN getvariable('clean_min_chars') AND getvariable('clean_max_chars')
+-- @check: drop_reason IS NOT NULL OR n_chars BETWEEN getvariable('clean_min_chars') AND getvariable('clean_max_chars')
 WITH raw AS (
     SELECT
         source, file, line_no, orig_id, url, language, namespace,
@@ -63,7 +63,7 @@ s4 AS (  -- footnotes [* ...] / [*A ...], which may contain [[links]]: removed w
         '\[\*[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]', '', 'g') ELSE raw_text END AS raw_text) FROM s3
 ),
 s5 AS (  -- file / category / image links removed entirely
-    SELECT * REPLACE (CASE WHEN contains(raw_text, '[[') THEN regexp_replace(raw_text,
+    SELECT * REPLACE (CASE WHEN regexp_matches(raw_text, '\[\[\s*(파일|분류|File|Category|이미지|Image)\s*:') THEN regexp_replace(raw_text,
         '\[\[\s*(파일|분류|File|Category|이미지|Image)\s*:[^\]]*\]\]', '', 'g') ELSE raw_text END AS raw_text) FROM s4
 ),
 s6 AS (  -- [[target|label]] -> label, [[target]] -> target
@@ -76,7 +76,8 @@ s7 AS (  -- [br] -> newline; other macros (after links, so [[x]] is not taken fo
         '\[[A-Za-z가-힣_]+(\((?:[^()\]]|\([^()]*\))*\))?\]', '', 'g') ELSE raw_text END AS raw_text) FROM s6
 ),
 s8 AS (  -- headings (NamuMark "== x ==", MediaWiki " = = x = = ") become paragraph breaks
-    SELECT * REPLACE (CASE WHEN contains(raw_text, '=') THEN regexp_replace(raw_text,
+    SELECT * REPLACE (CASE WHEN regexp_matches(left(raw_text, 1), '[ \t=]') OR regexp_matches(raw_text, '\n[ \t=]')
+        THEN regexp_replace(raw_text,
         '(?m)^[ \t]*=(?:[ \t]*=)*[ \t]*#?[^=\n]+?#?[ \t]*=(?:[ \t]*=)*[ \t]*$', chr(10), 'g') ELSE raw_text END AS raw_text) FROM s7
 ),
 s9 AS (  -- tables: cell attributes <...> and html tags removed, || cell separators -> space
@@ -85,37 +86,37 @@ s9 AS (  -- tables: cell attributes <...> and html tags removed, || cell separat
         '||', ' ') AS raw_text) FROM s8
 ),
 s10 AS (  -- strikethrough content removed; bold/italic/underline/sup/sub markers removed
-    -- list markers / quotes at line starts (only texts with a '>', a '*' or a digit followed by '.')
-    SELECT * REPLACE (CASE WHEN contains(s10c, '>') OR contains(s10c, '*') OR regexp_matches(s10c, '[0-9]\.')
+    -- list markers / quotes at line starts (only texts where a line starts with a space, tab, '>', '*' or a digit)
+    SELECT * REPLACE (CASE WHEN regexp_matches(left(s10c, 1), '[ \t>*0-9]') OR regexp_matches(s10c, '\n[ \t>*0-9]')
         THEN regexp_replace(s10c, '(?m)^[ \t]*(>+[ \t]*|\*+[ \t]+|[0-9]+\.[ \t]+)', '', 'g') ELSE s10c END AS raw_text)
     FROM (SELECT *,
-        CASE WHEN contains(s10b, '''''') OR contains(s10b, '__') OR contains(s10b, '^^') OR contains(s10b, ',,')
-             THEN regexp_replace(s10b, '''''''|''''|__|\^\^|,,', '', 'g') ELSE s10b END AS s10c
+        -- texts whose only markers are quotes: two plain replace()s give the same result as the regexp
+        CASE WHEN contains(s10b, '__') OR contains(s10b, '^^') OR contains(s10b, ',,')
+             THEN regexp_replace(s10b, '''''''|''''|__|\^\^|,,', '', 'g')
+             WHEN contains(s10b, '''''') THEN replace(replace(s10b, '''''''', ''), '''''', '')
+             ELSE s10b END AS s10c
     FROM (SELECT *,
         CASE WHEN contains(s10a, '--') THEN regexp_replace(s10a, '(^|[^-])--[^-\s][^\n]*?--', '\1', 'g') ELSE s10a END AS s10b
     FROM (SELECT *,
         CASE WHEN contains(raw_text, '~~') THEN regexp_replace(raw_text, '~~[^~\n]*~~', '', 'g') ELSE raw_text END AS s10a
     FROM s9)))
 ),
-s11 AS (  -- whitespace: spaces collapsed, blank-line runs -> one paragraph break, trimmed
-    -- same result as '[ \t\x0B\f\x{00A0}\x{3000}]+' -> ' ', ' ?\n ?' -> '\n', '\n{3,}' -> '\n\n' and
-    -- trim(' \n'), but each regexp written so it matches only what changes, and each step (regexp_replace
-    -- copies every string; trim decodes it) run only on texts that contain what it would change
-    SELECT * EXCLUDE (s10a, s10b, s10c, s11a, s11b, s11c) REPLACE (
-        CASE WHEN starts_with(s11c, ' ') OR starts_with(s11c, chr(10)) OR ends_with(s11c, ' ') OR ends_with(s11c, chr(10))
-             THEN trim(s11c, ' ' || chr(10)) ELSE s11c END AS raw_text)
+s11 AS (  -- whitespace: each run of whitespace becomes ' ' (no line break in it), '\n' (one) or '\n\n' (two or more); trimmed.
+    -- Same result as '[ \t\x0B\f\x{00A0}\x{3000}]+' -> ' ', ' ?\n ?' -> '\n', '\n{3,}' -> '\n\n', trim(' \n'), in two
+    -- passes: the rare tab / VT / FF / NBSP / U+3000 become spaces, then one regexp rewrites the runs that change
+    -- (each step only on texts that contain what it would change: regexp_replace copies every string)
+    SELECT * EXCLUDE (s10a, s10b, s10c, s11a, s11b) REPLACE (
+        CASE WHEN starts_with(s11b, ' ') OR starts_with(s11b, chr(10)) OR ends_with(s11b, ' ') OR ends_with(s11b, chr(10))
+             THEN trim(s11b, ' ' || chr(10)) ELSE s11b END AS raw_text)
     FROM (SELECT *,
-        CASE WHEN contains(s11b, chr(10) || chr(10) || chr(10))
-             THEN regexp_replace(s11b, '\n{3,}', chr(10) || chr(10), 'g') ELSE s11b END AS s11c
+        CASE WHEN contains(s11a, '  ') OR contains(s11a, ' ' || chr(10)) OR contains(s11a, chr(10) || ' ')
+                  OR contains(s11a, chr(10) || chr(10) || chr(10))
+             THEN regexp_replace(s11a, ' *(\n) *(\n)[ \n]*| *(\n) *| ( )+', '\1\2\3\4', 'g') ELSE s11a END AS s11b
     FROM (SELECT *,
-        CASE WHEN contains(s11a, ' ' || chr(10)) OR contains(s11a, chr(10) || ' ')
-             THEN regexp_replace(s11a, ' \n ?|\n ', chr(10), 'g') ELSE s11a END AS s11b
-    FROM (SELECT *,
-        CASE WHEN contains(raw_text, '  ') OR contains(raw_text, chr(9)) OR contains(raw_text, chr(11))
-                  OR contains(raw_text, chr(12)) OR contains(raw_text, chr(160)) OR contains(raw_text, chr(12288))
-             THEN regexp_replace(raw_text, '[ \t\x0B\f\x{00A0}\x{3000}]{2,}|[\t\x0B\f\x{00A0}\x{3000}]', ' ', 'g')
-             ELSE raw_text END AS s11a
-    FROM s10)))
+        CASE WHEN contains(raw_text, chr(9)) OR contains(raw_text, chr(11)) OR contains(raw_text, chr(12))
+                  OR contains(raw_text, chr(160)) OR contains(raw_text, chr(12288))
+             THEN regexp_replace(raw_text, '[\t\x0B\f\x{00A0}\x{3000}]', ' ', 'g') ELSE raw_text END AS s11a
+    FROM s10))
 ),
 flagged AS (
     SELECT

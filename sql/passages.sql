@@ -10,42 +10,40 @@
 -- 4. A trailing passage shorter than `min` is merged into the one before it.
 --
 -- @unique: passage_id
--- @not_null: passage_id, doc_id, source, title, chunk_no, text
--- @check: length(text) BETWEEN 1 AND getvariable('chunk_max_chars')
+-- @not_null: passage_id, doc_id, source, title, chunk_no, text, n_chars
+-- @check: n_chars BETWEEN 1 AND getvariable('chunk_max_chars')
 WITH split AS (
-    -- rule 1, with chr(31) after each sentence end (the spaces after it dropped) and before each
-    -- sentence that starts a line; a sentence that ends a line ends with '\n' or chr(30):
-    -- * general case, one regexp pass: a line break with the whitespace around it (also right after
-    --   a sentence end) becomes '\n' + chr(31) (same splits as replacing '\s*\n\s*' first and
-    --   '([.!?。…]) +' second);
-    -- * texts with no tab / form feed / CR and no space next to a line break (all texts cleaned by
-    --   clean_documents.sql) take plain replace()s, ~4x cheaper than the regexp: each '\n' becomes
-    --   chr(30) + chr(31), each end mark + space gets chr(31) instead of the space; the spaces left
-    --   at a sentence start and the empty sentences of '\n\n' are dropped below, as the regexp would.
+    -- rule 1: a sentence ends after . ! ? 。 … followed by a space, or at a line break; each sentence is
+    -- cut out with its separator (' ' or '\n') as its last character.
+    -- * fast path, plain replace()s (~4x cheaper than a regexp): texts with no tab / form feed / CR, no
+    --   space next to a line break, no double space and no leading space (every text cleaned by
+    --   clean_documents.sql): chr(31) goes after each '\n' and after each end mark + space; a text that
+    --   ends in neither gets a ' ' so that its last sentence has a separator too;
+    -- * general path (any other text), one regexp pass: a line break with the whitespace around it
+    --   (also right after a sentence end) becomes '\n' + chr(31), an end mark + spaces the mark + chr(31);
+    --   the sentences are trimmed and get their separator below.
     SELECT doc_id, source, title,
-           string_split(CASE
-               WHEN contains(text, chr(9)) OR contains(text, chr(12)) OR contains(text, chr(13))
-                    OR contains(text, ' ' || chr(10)) OR contains(text, chr(10) || ' ')
-               THEN regexp_replace(text, '([.!?。…]) +(?:\s*(\n)\s*)?|\s*(\n)\s*', '\1\2\3' || chr(31), 'g')
-               ELSE replace(replace(replace(replace(replace(replace(text, chr(10), chr(30) || chr(31)),
-                        '. ', '.' || chr(31)), '! ', '!' || chr(31)), '? ', '?' || chr(31)), '。 ', '。' || chr(31)), '… ', '…' || chr(31))
-           END, chr(31)) AS sents
+           CASE WHEN contains(text, chr(9)) OR contains(text, chr(12)) OR contains(text, chr(13))
+                     OR contains(text, ' ' || chr(10)) OR contains(text, chr(10) || ' ') OR contains(text, '  ')
+                     OR starts_with(text, ' ') OR contains(text, chr(30)) OR contains(text, chr(31))
+                THEN list_filter(list_transform(
+                         string_split(regexp_replace(text, '([.!?。…]) +(?:\s*(\n)\s*)?|\s*(\n)\s*', '\1\2\3' || chr(31), 'g'), chr(31)),
+                         lambda s: (CASE WHEN contains(s, chr(10)) OR contains(s, chr(30)) THEN trim(replace(replace(s, chr(10), ''), chr(30), ''))
+                                         WHEN starts_with(s, ' ') OR ends_with(s, ' ') THEN trim(s) ELSE s END)
+                                   || CASE WHEN ends_with(s, chr(10)) OR ends_with(s, chr(30)) THEN chr(10) ELSE ' ' END),
+                     lambda x: length(x) > 1)
+                ELSE list_filter(string_split(replace(replace(replace(replace(replace(replace(
+                         CASE WHEN ends_with(text, ' ') OR ends_with(text, chr(10)) THEN text ELSE text || ' ' END,
+                         chr(10), chr(10) || chr(31)), '. ', '. ' || chr(31)), '! ', '! ' || chr(31)), '? ', '? ' || chr(31)),
+                         '。 ', '。 ' || chr(31)), '… ', '… ' || chr(31)), chr(31)),
+                     lambda x: x <> '' AND x <> ' ' AND x <> chr(10))  -- sentences with no text
+           END AS ms
     FROM documents
 ),
-marked AS (  -- each sentence trimmed (chr(30) removed), followed by its separator: '\n' after a line end,
-             -- else ' '; empty ones dropped. trim() decodes the whole string, so it runs only where needed.
-    SELECT doc_id, source, title,
-           list_filter(list_transform(sents, lambda s: (CASE WHEN contains(s, chr(10)) OR contains(s, chr(30)) THEN trim(replace(replace(s, chr(10), ''), chr(30), ''))
-                                                     WHEN starts_with(s, ' ') OR ends_with(s, ' ') THEN trim(s) ELSE s END)
-                           || CASE WHEN ends_with(s, chr(10)) OR ends_with(s, chr(30)) THEN chr(10) ELSE ' ' END),
-                       lambda x: length(x) > 1) AS ms
-    FROM split
-),
 pieces AS (  -- rule 2: over-long sentences cut into pieces of `piece` characters (+ ' '); the separator stays
-             -- on the last piece (skipped for documents without an over-long sentence)
-    SELECT doc_id, source, title,
-           CASE WHEN list_max(list_transform(ms, lambda x: length(x))) <= getvariable('chunk_max_chars') - getvariable('chunk_target_chars') - getvariable('chunk_min_chars') + 1
-                THEN ms
+             -- on the last piece (only in documents with an over-long sentence, flagged `cut`)
+    SELECT doc_id, source, title, mx > getvariable('chunk_max_chars') - getvariable('chunk_target_chars') - getvariable('chunk_min_chars') + 1 AS cut,
+           CASE WHEN NOT cut THEN ms
                 ELSE flatten(list_transform(ms, lambda x: CASE WHEN length(x) <= getvariable('chunk_max_chars') - getvariable('chunk_target_chars') - getvariable('chunk_min_chars') + 1 THEN [x]
                     ELSE list_transform(
                         range(0, ceil((length(x) - 1) / (getvariable('chunk_max_chars') - getvariable('chunk_target_chars') - getvariable('chunk_min_chars')))::BIGINT),
@@ -53,22 +51,33 @@ pieces AS (  -- rule 2: over-long sentences cut into pieces of `piece` character
                                        THEN substr(x, 1 + k * (getvariable('chunk_max_chars') - getvariable('chunk_target_chars') - getvariable('chunk_min_chars')))
                                        ELSE substr(x, 1 + k * (getvariable('chunk_max_chars') - getvariable('chunk_target_chars') - getvariable('chunk_min_chars')),
                                                    getvariable('chunk_max_chars') - getvariable('chunk_target_chars') - getvariable('chunk_min_chars')) || ' ' END) END))
-           END AS ps
-    FROM marked
+           END AS ps,
+           CASE WHEN NOT cut THEN ml END AS ml
+    FROM (SELECT *, coalesce(list_max(ml), 0) AS mx
+          FROM (SELECT *, list_transform(ms, lambda x: length(x)) AS ml FROM split))
 ),
-numbered AS (  -- rule 3: raw chunk of each piece = start offset // target (a piece's length includes its separator)
-    SELECT doc_id, source, title, ps,
-           list_transform(range(len(ps)), lambda i: (coalesce(list_sum(ln[1:i]), 0) // getvariable('chunk_target_chars'))::BIGINT) AS rc
-    FROM (SELECT *, list_transform(ps, lambda x: length(x)) AS ln FROM pieces)
+numbered AS (  -- rule 3: raw chunk of each piece = start offset // target (a piece's length includes its separator);
+               -- the start offsets are the running sum of the lengths
+    SELECT doc_id, source, title, ps, cut,
+           list_transform(list_reduce(coalesce(ml, list_transform(ps, lambda x: length(x))),
+                                      lambda acc, x: list_append(acc, acc[-1] + x), [0::BIGINT])[1:-2],
+                          lambda o: o // getvariable('chunk_target_chars')) AS rc
+    FROM pieces
 ),
-chunks AS (  -- pieces concatenated, with chr(31) (which no piece contains) before a piece whose raw chunk
-             -- differs from the previous one; the spaces / newlines at the end of each chunk are cut in one
-             -- regexp pass (rtrim per chunk decodes every chunk); then split at chr(31). Chunk numbers with
-             -- no piece (possible when a piece is longer than target) produce no chunk.
+chunks AS (  -- pieces concatenated, with chr(31) (which no piece contains) before a piece whose raw chunk differs
+             -- from the previous one; then split at chr(31). The last piece of a chunk loses its trailing spaces /
+             -- newlines (rtrim), which are only its separator, except in documents with cut pieces (a piece cut out of
+             -- a sentence may end in spaces or be only spaces): there one regexp pass cuts them at the end of each chunk.
+             -- Chunk numbers with no piece (possible when a piece is longer than target) produce no chunk.
     SELECT doc_id, source, title,
-           list_filter(string_split(regexp_replace(array_to_string(
-               list_transform(ps, lambda x, i: CASE WHEN i > 1 AND rc[i] <> rc[i - 1] THEN chr(31) || x ELSE x END), ''),
-               '[ \n]+(\x1f|$)', '\1', 'g'), chr(31)), lambda t: length(t) > 0) AS ch
+           list_filter(CASE WHEN cut THEN string_split(regexp_replace(array_to_string(
+                   list_transform(ps, lambda x, i: CASE WHEN i > 1 AND rc[i] <> rc[i - 1] THEN chr(31) || x ELSE x END), ''),
+                   '[ \n]+(\x1f|$)', '\1', 'g'), chr(31))
+               ELSE string_split(array_to_string(list_transform(ps, lambda x, i:
+                   CASE WHEN i = len(ps) OR rc[i + 1] <> rc[i]
+                        THEN CASE WHEN i > 1 AND rc[i] <> rc[i - 1] THEN chr(31) || left(x, -1) ELSE left(x, -1) END
+                        ELSE CASE WHEN i > 1 AND rc[i] <> rc[i - 1] THEN chr(31) || x ELSE x END END), ''), chr(31))
+           END, lambda t: t <> '') AS ch
     FROM numbered
 ),
 merged AS (  -- rule 4: a short trailing chunk joins the previous one
@@ -81,6 +90,7 @@ merged AS (  -- rule 4: a short trailing chunk joins the previous one
 flat AS (
     SELECT doc_id, source, title, unnest(ch) AS text, generate_subscripts(ch, 1) - 1 AS chunk_no FROM merged
 )
-SELECT doc_id || '#' || chunk_no AS passage_id, doc_id, source, title, chunk_no::INTEGER AS chunk_no, text
+SELECT doc_id || '#' || chunk_no AS passage_id, doc_id, source, title, chunk_no::INTEGER AS chunk_no, text,
+       length(text) AS n_chars  -- characters; the reports and the contract read this instead of decoding every text
 FROM flat
 ORDER BY passage_id

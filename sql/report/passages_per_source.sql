@@ -9,7 +9,7 @@ docs AS (
     FROM per_doc GROUP BY source
 ),
 lengths AS (
-    SELECT source, round(avg(length(text)), 1) AS avg_passage_chars, median(length(text)) AS median_passage_chars
+    SELECT source, round(avg(n_chars), 1) AS avg_passage_chars, median(n_chars) AS median_passage_chars
     FROM passages GROUP BY source
 )
 SELECT d.*, l.avg_passage_chars, l.median_passage_chars
