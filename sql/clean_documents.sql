@@ -52,8 +52,11 @@ s2 AS (  -- {{{#!html ...}}}, {{{#!syntax lang ...}}} keep inner text; drop the 
         ELSE raw_text END AS raw_text) FROM s1
 ),
 s3 AS (  -- remaining {{{ }}} braces, MediaWiki {{templates}} and <ref>...</ref> (each regexp only where its literal occurs)
-    SELECT * EXCLUDE (s3a, s3b) REPLACE (CASE WHEN contains(s3b, '{{{') OR contains(s3b, '}}}')
-        THEN regexp_replace(s3b, '\{\{\{|\}\}\}', '', 'g') ELSE s3b END AS raw_text)
+    -- (the braces by two replace()s, which remove the same triples as the regexp's single pass unless removing
+    -- a '{' run joins two '}' runs: only possible where '}{{{' occurs, which takes the regexp)
+    SELECT * EXCLUDE (s3a, s3b) REPLACE (CASE WHEN NOT (contains(s3b, '{{{') OR contains(s3b, '}}}')) THEN s3b
+        WHEN contains(s3b, '}{{{') THEN regexp_replace(s3b, '\{\{\{|\}\}\}', '', 'g')
+        ELSE replace(replace(s3b, '{{{', ''), '}}}', '') END AS raw_text)
     FROM (SELECT *, CASE WHEN contains(s3a, '{{') THEN regexp_replace(s3a, '\{\{[^{}]*\}\}', '', 'g') ELSE s3a END AS s3b
     FROM (SELECT *, CASE WHEN contains(raw_text, '<ref') THEN regexp_replace(raw_text, '<ref[^>]*/>|<ref[^>]*>.*?</ref>', '', 'gs') ELSE raw_text END AS s3a
     FROM s2))
@@ -86,8 +89,9 @@ s9 AS (  -- tables: cell attributes <...> and html tags removed, || cell separat
         '||', ' ') AS raw_text) FROM s8
 ),
 s10 AS (  -- strikethrough content removed; bold/italic/underline/sup/sub markers removed
-    -- list markers / quotes at line starts (only texts where a line starts with a space, tab, '>', '*' or a digit)
-    SELECT * REPLACE (CASE WHEN regexp_matches(left(s10c, 1), '[ \t>*0-9]') OR regexp_matches(s10c, '\n[ \t>*0-9]')
+    -- list markers / quotes at line starts (only texts that have one: the guard is the same pattern split into
+    -- the first line and the lines after a '\n', which RE2 finds fast by that literal, unlike '(?m)^')
+    SELECT * REPLACE (CASE WHEN regexp_matches(s10c, '^[ \t]*(>|\*+[ \t]|[0-9]+\.[ \t])') OR regexp_matches(s10c, '\n[ \t]*(>|\*+[ \t]|[0-9]+\.[ \t])')
         THEN regexp_replace(s10c, '(?m)^[ \t]*(>+[ \t]*|\*+[ \t]+|[0-9]+\.[ \t]+)', '', 'g') ELSE s10c END AS raw_text)
     FROM (SELECT *,
         -- texts whose only markers are quotes: two plain replace()s give the same result as the regexp
@@ -111,7 +115,10 @@ s11 AS (  -- whitespace: each run of whitespace becomes ' ' (no line break in it
     FROM (SELECT *,
         CASE WHEN contains(s11a, '  ') OR contains(s11a, ' ' || chr(10)) OR contains(s11a, chr(10) || ' ')
                   OR contains(s11a, chr(10) || chr(10) || chr(10))
-             THEN regexp_replace(s11a, ' *(\n) *(\n)[ \n]*| *(\n) *| ( )+', '\1\2\3\4', 'g') ELSE s11a END AS s11b
+             -- the runs that change: two or more line breaks with a space or a third one; one line break with a
+             -- space; two or more spaces (each branch captures its output; a run that needs no change never matches)
+             THEN regexp_replace(s11a, ' +(\n) *(\n)[ \n]*|(\n) +(\n)[ \n]*|(\n\n)[ \n]+| +(\n) *|(\n) +| ( )+',
+                                 '\1\2\3\4\5\6\7\8', 'g') ELSE s11a END AS s11b
     FROM (SELECT *,
         CASE WHEN contains(raw_text, chr(9)) OR contains(raw_text, chr(11)) OR contains(raw_text, chr(12))
                   OR contains(raw_text, chr(160)) OR contains(raw_text, chr(12288))
@@ -124,7 +131,7 @@ flagged AS (
         source, orig_id,
         coalesce(url, coalesce(getvariable('source_url_prefix')[source], '') || url_encode(replace(title, ' ', '_'))) AS url,
         title, language, namespace, raw_text AS text, length(raw_text) AS n_chars, file, line_no,
-        md5(raw_text) AS text_md5,
+        hash(raw_text) AS text_hash,
         CASE
             WHEN NOT list_contains(getvariable('clean_namespaces'), namespace) THEN 'namespace'
             WHEN getvariable('clean_drop_redirects')
@@ -139,10 +146,12 @@ SELECT
     doc_id, source, orig_id, url, title, language, namespace, text, n_chars, file, line_no,
     CASE
         WHEN filter_reason IS NOT NULL THEN filter_reason
-        -- exact duplicate texts: the first by (source, file, line) is kept
-        WHEN getvariable('clean_dedupe') AND row_number() OVER (
-                PARTITION BY text_md5, filter_reason IS NULL ORDER BY source, file, line_no) > 1
+        -- exact duplicate texts: the first by (source, file, line) is kept. Grouped by a 64-bit hash and the
+        -- length (cheaper than md5 over every text); a row is dropped only if its text equals the group's first
+        -- text, so a hash collision can at worst keep a duplicate, never drop a distinct text
+        WHEN getvariable('clean_dedupe') AND row_number() OVER w > 1 AND first_value(text) OVER w = text
             THEN 'duplicate_text'
     END AS drop_reason
 FROM flagged
+WINDOW w AS (PARTITION BY text_hash, n_chars, filter_reason IS NULL ORDER BY source, file, line_no)
 ORDER BY doc_id
