@@ -87,7 +87,8 @@ def sha(*parts: Any) -> str:
 
 
 # COPY options of every SQL layer. zstd level 1 (pyarrow's default) rather than DuckDB's 3: text layers come out ~25 %
-# larger, and writing one costs ~15 % less CPU (100k docs: documents 1.96 s vs 2.26 s, clean+chunk 17.5 s vs 19.3 s).
+# larger, and writing one costs ~15 % less CPU (100k docs: documents 1.96 s vs 2.26 s; clean_documents + documents +
+# quarantine 12.2 s vs 13.0 s).
 LAYER_PARQUET = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE 10000"
 
 

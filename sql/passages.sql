@@ -65,9 +65,10 @@ numbered AS (  -- rule 3: raw chunk of each piece = start offset // target (a pi
     FROM pieces
 ),
 chunks AS (  -- pieces concatenated, with chr(31) (which no piece contains) before a piece whose raw chunk differs
-             -- from the previous one; then split at chr(31). The last piece of a chunk loses its trailing spaces /
-             -- newlines (rtrim), which are only its separator, except in documents with cut pieces (a piece cut out of
-             -- a sentence may end in spaces or be only spaces): there one regexp pass cuts them at the end of each chunk.
+             -- from the previous one; then split at chr(31). A chunk ends without its trailing spaces / newlines: in
+             -- documents without cut pieces those are exactly the last piece's one-character separator (a sentence
+             -- never ends in a space or line break), dropped by left(x, -1); in documents with cut pieces (a piece cut
+             -- out of a sentence may end in spaces or be only spaces) one regexp pass cuts them at each chunk's end.
              -- Chunk numbers with no piece (possible when a piece is longer than target) produce no chunk.
     SELECT doc_id, source, title,
            list_filter(CASE WHEN cut THEN string_split(regexp_replace(array_to_string(
