@@ -22,19 +22,13 @@ from bench_ann import mixture
 from common import machine, save_json, table
 
 from etl.config import ClusteringConfig
-from etl.mine import auto_k
+from etl.mine import auto_k, nearest_centre
 
 
 def inertia(X: np.ndarray, centres: np.ndarray, block: int = 20_000) -> float:
-    """Sum of squared distances of every row of ``X`` to its nearest centre."""
+    """Sum of squared distances of every row of ``X`` to its nearest centre (the stage's own assignment)."""
     C = centres.astype(np.float32)
-    cc = (C * C).sum(1)[None, :]
-    total = 0.0
-    for s in range(0, len(X), block):
-        x = X[s : s + block]
-        d2 = (x * x).sum(1)[:, None] - 2 * x @ C.T + cc
-        total += float(np.maximum(d2.min(1), 0.0).sum())
-    return total
+    return sum(float(nearest_centre(X[s : s + block], C)[1].sum()) for s in range(0, len(X), block))
 
 
 def main() -> None:

@@ -330,6 +330,13 @@ def auto_k(n: int, k: int) -> int:
     return max(1, min(k, n))
 
 
+def nearest_centre(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each row's nearest centre and the squared distance to it (clipped at 0), as float32 matrix maths."""
+    d2 = (x * x).sum(1)[:, None] - 2 * x @ centers.T + (centers * centers).sum(1)[None, :]
+    lab = d2.argmin(1)
+    return lab, np.maximum(d2[np.arange(len(x)), lab], 0.0)
+
+
 def write_clusters(out: Path, passages_npy: Path, passage_ids: list[str], cfg: ClusteringConfig,
                    seed: int) -> dict[str, float]:
     """The ``clusters`` layer: k-means cluster id and distance to its centroid for every passage.
@@ -360,9 +367,8 @@ def write_clusters(out: Path, passages_npy: Path, passage_ids: list[str], cfg: C
         # ~0.3 GB at k = 1,500 (100k rows took ~2 GB at 1M docs)
         for start in range(0, n, ASSIGN_BATCH):
             x = P.slice(start, start + ASSIGN_BATCH)
-            d2 = (x * x).sum(1)[:, None] - 2 * x @ centers.T + (centers * centers).sum(1)[None, :]
-            lab = d2.argmin(1)
-            dist = np.sqrt(np.maximum(d2[np.arange(len(x)), lab], 0.0))
+            lab, d2 = nearest_centre(x, centers)
+            dist = np.sqrt(d2)
             writer.write_table(pa.table({
                 "passage_id": pa.array(passage_ids[start : start + len(x)], pa.string()),
                 "cluster_id": pa.array(lab.astype(np.int32)),
