@@ -5,10 +5,10 @@ both designs, so it is timed separately) and write the same layers (clean_docume
 quarantine, passages) as zstd Parquet:
 
 * SQL:    ``etl.pipeline.run_stage`` for clean_documents, documents, quarantine, passages (the real
-          ``sql/*.sql`` files through Warehouse.materialize_sql, contract checks included);
+          ``etl/sql/*.sql`` files through Warehouse.materialize_sql, contract checks included);
 * pandas: ``pd.read_parquet`` + ``Series.str.replace`` with each regexp step of
-          ``sql/clean_documents.sql`` translated to Python ``re`` (RE2's ``\s`` is ASCII
-          ``[\t\n\f\r ]``, spelled out) + the chunking of ``sql/passages.sql`` in Python.
+          ``etl/sql/clean_documents.sql`` translated to Python ``re`` (RE2's ``\s`` is ASCII
+          ``[\t\n\f\r ]``, spelled out) + the chunking of ``etl/sql/passages.sql`` in Python.
 
 Then the outputs are compared row by row ((doc_id, text) and (passage_id, text) set differences)
 and, with ``--large``, the SQL path is timed again at 1M documents.
@@ -45,7 +45,7 @@ def sql_drift(sql_dir: Path) -> list[str]:
             if hashlib.sha256((sql_dir / name).read_bytes()).hexdigest()[:16] != h]
 
 
-# ---- the pandas / re implementation of sql/clean_documents.sql -----------------------------------
+# ---- the pandas / re implementation of etl/sql/clean_documents.sql -----------------------------------
 def _c(p: str, flags: int = 0) -> re.Pattern:
     return re.compile(p, flags)
 
@@ -137,7 +137,7 @@ def pandas_clean(raw_path: Path, cfg, out_dir: Path) -> dict[str, int]:
 
 
 def chunk_text(text: str, target: int, max_chars: int, min_chars: int) -> list[str]:
-    """sql/passages.sql for one document, in Python (line breaks kept as newlines)."""
+    """etl/sql/passages.sql for one document, in Python (line breaks kept as newlines)."""
     piece = max_chars - target - min_chars
     sents = SENT_END.sub("\\1\x1f", LINE_BREAK.sub("\x1e\x1f", text)).split("\x1f")
     chunks: list[list[str]] = []
@@ -253,7 +253,7 @@ def run_tuned(corpus: Path, wh: Path, base_wh: Path, threads: int = 0, log=print
                        ("passages", "passage_id")):
         a, b = f"'{base_wh / 'layers' / (layer + '.parquet')}'", f"'{wh / 'layers' / (layer + '.parquet')}'"
         if not (base_wh / "layers" / (layer + ".parquet")).exists():
-            diff[layer] = "no sql/ output to compare"
+            diff[layer] = "no etl/sql/ output to compare"
             continue
         diff[layer] = con.execute(f"SELECT (SELECT count(*) FROM (FROM {a} EXCEPT ALL FROM {b})) + "
                                   f"(SELECT count(*) FROM (FROM {b} EXCEPT ALL FROM {a}))").fetchone()[0]
@@ -261,7 +261,7 @@ def run_tuned(corpus: Path, wh: Path, base_wh: Path, threads: int = 0, log=print
             same_order = (pq.read_table(a.strip("'"), columns=[key]).column(0)
                           .equals(pq.read_table(b.strip("'"), columns=[key]).column(0)))
             diff[layer + "_order_differs"] = int(not same_order)
-    log(f"    differences vs sql/ outputs (rows, order): {diff}")
+    log(f"    differences vs etl/sql/ outputs (rows, order): {diff}")
     return {"tuned_s": t, "tuned_cpu_s": c, "tuned_rows": rows, "tuned_stage_s": per, "tuned_diff": diff}
 
 
@@ -368,12 +368,12 @@ def main() -> None:
     print(f"output differences (rows only in one side): {r['diff']}")
     if a.tuned:
         print(f"pandas / tuned SQL at {a.docs:,} docs: {r['pandas_s'] / r['tuned_s']:.2f}x wall; "
-              f"tuned output differences vs sql/: {r['tuned_diff']}")
+              f"tuned output differences vs etl/sql/: {r['tuned_diff']}")
     if a.large:
         print(f"SQL clean+chunk at {a.large:,} docs: {results['large']['sql_s']:.0f}s (goal < 300s)")
         if a.tuned:
             print(f"tuned SQL clean+chunk at {a.large:,} docs: {results['large']['tuned_s']:.0f}s; "
-                  f"differences vs sql/: {results['large']['tuned_diff']}")
+                  f"differences vs etl/sql/: {results['large']['tuned_diff']}")
     save_json(Path(__file__).parent / "out" / "clean_chunk.json", results)
 
 

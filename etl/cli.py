@@ -79,7 +79,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    """Print every report in sql/stats/ (or the named ones) against the warehouse."""
+    """Print every report in etl/sql/stats/ (or the named ones) against the warehouse."""
     import duckdb
 
     cfg = load_config(args.config, args.overrides)
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-docs", type=int, default=32, help="most docs per record (default 32)")
     v.add_argument("--max-listed", type=int, default=20, help="violations to list (default 20)")
     v.set_defaults(fn=cmd_validate)
-    s = sub.add_parser("stats", help="print dataset statistics from sql/stats/*.sql")
+    s = sub.add_parser("stats", help="print dataset statistics from etl/sql/stats/*.sql")
     _config_args(s)
     s.add_argument("names", nargs="*", help="only these reports (file names without .sql)")
     s.set_defaults(fn=cmd_stats)

@@ -25,7 +25,7 @@ from typing import Any
 PACKAGE_DIR = Path(__file__).resolve().parent
 SAMPLE_DIR = PACKAGE_DIR / "data" / "sample"
 DEFAULT_CONFIG = PACKAGE_DIR / "default.toml"
-DEFAULT_SQL_DIR = PACKAGE_DIR.parent / "sql"
+DEFAULT_SQL_DIR = PACKAGE_DIR / "sql"
 
 
 class ConfigError(ValueError):
@@ -46,7 +46,7 @@ class PathsConfig:
 
     warehouse: str = "warehouse"
     export: str = "dataset/neural_sparse_training"
-    sql: str = ""  # empty: the repository's sql/ directory
+    sql: str = ""  # empty: the SQL models shipped in the package (etl/sql/); or a directory holding your edited copy
 
 
 @dataclass
@@ -79,7 +79,7 @@ class QueryFileConfig:
 
 @dataclass
 class CleanConfig:
-    """Document normalization and filtering thresholds (used by sql/clean_documents.sql)."""
+    """Document normalization and filtering thresholds (used by etl/sql/clean_documents.sql)."""
 
     min_chars: int = 200
     max_chars: int = 5_000_000
@@ -90,7 +90,7 @@ class CleanConfig:
 
 @dataclass
 class ChunkConfig:
-    """Passage chunking at sentence boundaries (used by sql/passages.sql)."""
+    """Passage chunking at sentence boundaries (used by etl/sql/passages.sql)."""
 
     target_chars: int = 450
     max_chars: int = 900

@@ -3,7 +3,7 @@
 JSONL is written by DuckDB (``COPY ... (FORMAT JSON)``: UTF-8, Korean not escaped, keys in the
 order query, docs, scores), ordered by query_id, to temporary names renamed when complete; scores
 are DOUBLE rounded in ``examples.sql``. The ``examples`` layer holds passage ids, not
-texts: ``sql/export_records.sql`` joins the texts one batch of ``export.batch_records`` records at
+texts: ``etl/sql/export_records.sql`` joins the texts one batch of ``export.batch_records`` records at
 a time. Every export is validated before the run reports success.
 The ``embeddings/`` directory (npy + id files + usearch index) is written by the neighbours stage;
 ``datasets/{train,val}`` (``save_to_disk``, when the ``datasets`` package is installed) by
@@ -34,7 +34,7 @@ class ExportValidationError(RuntimeError):
 def _copy_jsonl(ctx: Context, split: str, path: Path) -> int:
     """Write ``split``'s records to ``path`` (atomically), ``export.batch_records`` records at a time.
 
-    Each batch (a query_id range of the split) is one ``COPY (sql/export_records.sql) TO part``,
+    Each batch (a query_id range of the split) is one ``COPY (etl/sql/export_records.sql) TO part``,
     appended to a temporary file renamed to ``path`` at the end: the texts of one batch are all
     that is held in memory, and the file is in query_id order like the ``examples`` layer.
     """
@@ -62,7 +62,7 @@ def _copy_jsonl(ctx: Context, split: str, path: Path) -> int:
 
 
 def read_stats_sql(sql_dir: Path, name: str) -> str:
-    """The SELECT of ``sql/stats/<name>.sql``."""
+    """The SELECT of ``etl/sql/stats/<name>.sql``."""
     return (sql_dir / "stats" / f"{name}.sql").read_text(encoding="utf-8").strip().rstrip(";")
 
 

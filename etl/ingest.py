@@ -4,7 +4,7 @@ Parsing is done here, in streaming Python, rather than with DuckDB's ``read_json
 user's dump must never lose a row silently: DuckDB's reader either aborts the whole file on a bad
 line or (with ``ignore_errors``) skips it without saying which. Here every record read becomes one
 row: a good one with its typed fields, or a rejected one with ``reject_reason``, source file and
-line (or row/element) number. ``sql/clean_documents.sql`` then does all cleaning in SQL.
+line (or row/element) number. ``etl/sql/clean_documents.sql`` then does all cleaning in SQL.
 
 Accepted files: ``.jsonl``/``.ndjson`` (one object per line), ``.json`` (one object, concatenated
 objects, or a JSON array such as the Namuwiki dump, streamed element by element), either of those

@@ -29,7 +29,7 @@ API): one ``POST {llm.base_url}/chat/completions`` per sampled passage, asking f
 * **Filters**: a question shorter than :data:`MIN_QUESTION_CHARS` (``too_short``), repeated within
   its passage (``duplicate``), sharing a verbatim span of ``llm.max_copy_chars`` characters or more
   with the passage (``copied_span``; 0 disables) or beyond ``questions_per_passage`` (``surplus``)
-  is kept in the layer with that status; only ``ok`` rows become queries (``sql/queries.sql``).
+  is kept in the layer with that status; only ``ok`` rows become queries (``etl/sql/queries.sql``).
 
 Layer rows: one per question (``status`` = ``ok`` or the drop reason) and one per failed passage
 (``query`` NULL; ``status`` = ``http_error:<code>``, ``timeout``, ``connection_error``,

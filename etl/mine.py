@@ -282,7 +282,7 @@ def _write_batch(writer: pq.ParquetWriter, query_ids: list[str], passage_ids: li
 
 
 class CosineUDFs:
-    """DuckDB scalar functions giving cosine similarities by embedding row, for ``sql/candidates.sql``.
+    """DuckDB scalar functions giving cosine similarities by embedding row, for ``etl/sql/candidates.sql``.
 
     ``query_passage_cos(q_row, p_row)`` and ``passage_passage_cos(p_row, p_row)`` read rows of the
     exported ``.npy`` files (row = position in id order, as written by :func:`export_embeddings`),

@@ -27,7 +27,7 @@ from .warehouse import Contract, LayerResult, Warehouse, sha
 
 @dataclass
 class Stage:
-    """One step of the pipeline: a SQL model (``sql/<name>.sql``) or a Python function."""
+    """One step of the pipeline: a SQL model (``etl/sql/<name>.sql``) or a Python function."""
 
     name: str
     deps: tuple[str, ...]

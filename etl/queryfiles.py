@@ -2,7 +2,7 @@
 
 Each line: ``{"query": str, "doc_id": str, "passage_id": str (optional)}``. Every line becomes a
 row, rejected ones with a reason (malformed JSON, missing or mistyped fields); resolving doc and
-passage ids against the corpus happens in ``sql/user_queries.sql``.
+passage ids against the corpus happens in ``etl/sql/user_queries.sql``.
 """
 
 from __future__ import annotations

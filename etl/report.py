@@ -1,8 +1,8 @@
 """Dataset quality report: ``report.md`` plus PNG plots, every number from SQL over the warehouse.
 
-The queries live in ``sql/report/*.sql`` (plain SELECTs over the layer views, runnable by hand in
+The queries live in ``etl/sql/report/*.sql`` (plain SELECTs over the layer views, runnable by hand in
 the DuckDB CLI against ``warehouse/etl.duckdb``); the dropped-query reasons come from
-``sql/stats/dropped_queries.sql``. Python only lays the results out, draws the plots and extracts
+``etl/sql/stats/dropped_queries.sql``. Python only lays the results out, draws the plots and extracts
 each cluster's top terms: c-TF-IDF (the class-based TF-IDF of BERTopic) over Korean nouns found by
 kiwipiepy's morphological analyzer (``NNG``/``NNP`` nouns, ``SL`` foreign words, ``SH`` hanja),
 computed on the passages nearest each centroid of the largest clusters. Without kiwipiepy the terms fall back to
@@ -66,7 +66,7 @@ class Result:
 
 
 def read_report_sql(sql_dir: Path, name: str, folder: str = "report") -> str:
-    """The SELECT of ``sql/<folder>/<name>.sql`` without trailing semicolons."""
+    """The SELECT of ``etl/sql/<folder>/<name>.sql`` without trailing semicolons."""
     return (sql_dir / folder / f"{name}.sql").read_text(encoding="utf-8").strip().rstrip(";")
 
 
@@ -145,7 +145,7 @@ def c_tf_idf(terms_by_class: dict[Any, Counter], top_n: int = TOP_TERMS) -> dict
 
 
 def cluster_terms(con: Any, sql_dir: Path, n_clusters: int) -> tuple[dict[int, list[str]], str]:
-    """Top terms of the largest clusters from ``sql/report/cluster_texts.sql``; also a note on the method.
+    """Top terms of the largest clusters from ``etl/sql/report/cluster_texts.sql``; also a note on the method.
 
     The terms are computed for the ``CLUSTER_ROWS`` largest clusters (those the report lists), with
     the document frequencies of c-TF-IDF taken over these clusters; about ``TERM_PASSAGE_BUDGET``
@@ -206,7 +206,7 @@ def _result_table(res: Result, limit: int | None = None) -> str:
 
 
 def _source_line(*names: str) -> str:
-    files = ", ".join(f"`sql/{n}.sql`" if "/" in n else f"`sql/report/{n}.sql`" for n in names)
+    files = ", ".join(f"`etl/sql/{n}.sql`" if "/" in n else f"`etl/sql/report/{n}.sql`" for n in names)
     return f"<sub>from {files}</sub>\n"
 
 

@@ -7,7 +7,7 @@ Layout under ``paths.warehouse``::
     cache/embeddings/...       embedding cache (see etl.embed)
     etl.duckdb                 a view per layer over layers/<layer>.parquet (absolute paths)
 
-A SQL model is a plain ``SELECT`` in ``sql/<layer>.sql`` that reads earlier layers by name.
+A SQL model is a plain ``SELECT`` in ``etl/sql/<layer>.sql`` that reads earlier layers by name.
 Parameters come from the config as DuckDB variables, read with ``getvariable('name')``.
 Contracts are comment lines in the model file, checked right after materialization::
 

@@ -2,7 +2,7 @@
 
 * ``duckdb.batch_queries``: the ``examples`` layer is written one query_id range at a time and the
   parts concatenated (``Warehouse.materialize_sql_batched``); ``export.batch_records``: the JSONL is
-  written one batch of records at a time, texts joined per batch (``sql/export_records.sql``).
+  written one batch of records at a time, texts joined per batch (``etl/sql/export_records.sql``).
   Small batch sizes (several batches, uneven last batch, a batch of one) must give the same
   ``examples`` rows in the same order and byte-identical JSONL as one batch.
 * ``query_batches`` covers every query exactly once, in ascending ranges.

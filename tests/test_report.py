@@ -1,4 +1,4 @@
-"""The quality report (etl/report.py, sql/report/*.sql) on a pipeline run made here.
+"""The quality report (etl/report.py, etl/sql/report/*.sql) on a pipeline run made here.
 
 The run uses the bundled sample corpus and a tiny bag-of-tokens sentence-transformers model built
 in the test (tests/tiny_models.py), so it takes seconds.
@@ -156,7 +156,7 @@ def test_sample_records_are_shown_in_full(report_run):
 
 
 def test_report_sql_runs_by_hand(report_run):
-    """Each sql/report/*.sql runs as-is on plain views with no DuckDB variables set."""
+    """Each etl/sql/report/*.sql runs as-is on plain views with no DuckDB variables set."""
     con = layers_con(report_run["cfg"].warehouse_dir)
     try:
         files = sorted((DEFAULT_SQL_DIR / "report").glob("*.sql"))

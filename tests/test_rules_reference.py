@@ -1,8 +1,8 @@
 """The SQL models clean_documents + passages give exactly what the plain-Python statement of the same rules gives.
 
 The reference is the translation that ``benchmarks/bench_clean_chunk.py`` times against the SQL path: one Python
-``re`` substitution per regexp step of ``sql/clean_documents.sql`` and a loop for the chunking of
-``sql/passages.sql``. The SQL models take shortcuts for speed (guards that skip a step where it cannot change
+``re`` substitution per regexp step of ``etl/sql/clean_documents.sql`` and a loop for the chunking of
+``etl/sql/passages.sql``. The SQL models take shortcuts for speed (guards that skip a step where it cannot change
 anything, plain ``replace()`` where it gives the regexp's result, a fast path for cleaned text in the chunker);
 this test feeds both sides random texts built from the markup, whitespace and sentence marks those shortcuts are
 about, with small chunk sizes so that long sentences are cut, and compares every document and passage.
@@ -54,7 +54,7 @@ def random_text(rng: random.Random) -> str:
 
 
 def reference_clean(text: str) -> str:
-    """sql/clean_documents.sql's text rules in Python (line ends, NFC, each markup step, trim)."""
+    """etl/sql/clean_documents.sql's text rules in Python (line ends, NFC, each markup step, trim)."""
     t = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
     for _name, steps in CLEAN_STEPS:
         for pattern, replacement in steps:
