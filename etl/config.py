@@ -179,7 +179,8 @@ class FiltersConfig:
     """False-negative control (positive-aware filtering, as in sentence-transformers' mine_hard_negatives)."""
 
     exclude_same_document: bool = True  # drop candidates from the positive's document / same-titled docs
-    relative_margin: float = 0.05  # drop if score > positive - |positive| * margin (NV-Retriever: 0.05); 0 = off
+    relative_margin: float = 0.05  # drop if score > positive - margin * |positive - baseline|; 0 = off
+    margin_baseline: str = "random"  # random: median score of the run's random draws | zero: NV-Retriever's raw rule
     absolute_margin: float = 0.0  # drop if score + margin > positive; 0 = off
     near_duplicate_cosine: float = 0.98  # drop if cosine(candidate, positive passage) >= this; 1 = off
     positive_max_rank: int = 20  # flag queries whose positive ranks below this among all passages; 0 = off
@@ -411,6 +412,8 @@ def validate(cfg: Config) -> None:
     f = cfg.filters
     need(0.0 <= f.relative_margin < 1.0, "filters.relative_margin", "must be in [0, 1)")
     need(f.absolute_margin >= 0.0, "filters.absolute_margin", "must be >= 0")
+    need(f.margin_baseline in ("random", "zero"), "filters.margin_baseline",
+         f"must be 'random' (the median teacher score of random pairs) or 'zero', got {f.margin_baseline!r}")
     need(0.0 < f.near_duplicate_cosine <= 1.0, "filters.near_duplicate_cosine", "must be in (0, 1]")
     need(0 <= f.positive_max_rank <= m.search_depth, "filters.positive_max_rank",
          f"must be in [0, mining.search_depth = {m.search_depth}] (0 = off)")

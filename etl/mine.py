@@ -309,8 +309,41 @@ class CosineUDFs:
             return pa.array(self._cos(left.rows(i), self.P.rows(j)), pa.float64())
         return fn
 
+    def near_duplicate_of_earlier(self, rows: list[np.ndarray], threshold: float) -> list[np.ndarray]:
+        """For each list of passage rows: True where a row's cosine to an earlier row of its list is >= threshold.
+
+        The lists are a query's negative candidates in picking order, so the later of two
+        near-duplicates is flagged (also when the earlier one is flagged itself: no two unflagged
+        rows of a list are ever near-duplicates). One matrix product per list, float64.
+        """
+        out = []
+        for r in rows:
+            n = len(r)
+            if n < 2:
+                out.append(np.zeros(n, dtype=bool))
+                continue
+            v = self.P.rows(np.asarray(r, dtype=np.int64)).astype(np.float64)
+            norms = np.sqrt((v * v).sum(1))
+            v = v / np.where(norms > 0, norms, 1.0)[:, None]
+            sims = np.triu(v @ v.T, k=1)  # sims[i, j] for i < j
+            out.append((sims >= threshold).any(axis=0))
+        return out
+
+    def _near_dup_udf(self, x: pa.Array, t: pa.Array) -> pa.Array:
+        lists = x.to_pylist()
+        thr = t.to_numpy(zero_copy_only=False)
+        res: list[list[bool] | None] = []
+        for r, th in zip(lists, thr, strict=True):
+            res.append(None if r is None else self.near_duplicate_of_earlier([np.asarray(r)], float(th))[0].tolist())
+        return pa.array(res, pa.list_(pa.bool_()))
+
     def register(self, con: Any) -> None:
-        """Create (or replace) ``query_passage_cos`` and ``passage_passage_cos`` on ``con``."""
+        """Create (or replace) the cosine UDFs on ``con``.
+
+        ``query_passage_cos(q_row, p_row)``, ``passage_passage_cos(p_row, p_row)`` and
+        ``near_duplicate_of_earlier(p_rows BIGINT[], threshold DOUBLE) -> BOOLEAN[]`` (see
+        :meth:`near_duplicate_of_earlier`).
+        """
         import duckdb
 
         big, dbl = duckdb.sqltype("BIGINT"), duckdb.sqltype("DOUBLE")
@@ -320,6 +353,12 @@ class CosineUDFs:
             except Exception:  # noqa: BLE001 - not registered yet
                 pass
             con.create_function(name, self._udf(left), [big, big], dbl, type="arrow", side_effects=False)
+        try:
+            con.remove_function("near_duplicate_of_earlier")
+        except Exception:  # noqa: BLE001 - not registered yet
+            pass
+        con.create_function("near_duplicate_of_earlier", self._near_dup_udf, [duckdb.list_type(big), dbl],
+                            duckdb.list_type(duckdb.sqltype("BOOLEAN")), type="arrow", side_effects=False)
 
 
 def auto_k(n: int, k: int) -> int:

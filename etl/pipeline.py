@@ -51,6 +51,7 @@ class Context:
     cfg: Config
     wh: Warehouse
     results: dict[str, LayerResult] = field(default_factory=dict)
+    top_k_logged: bool = False
     _udfs: embed_mod.EmbeddingUDFs | None = None
 
     @property
@@ -114,7 +115,8 @@ def _llm_questions(ctx: Context, out: Path) -> dict[str, Any]:
 def _teacher_scores(ctx: Context, out: Path) -> dict[str, Any]:
     from . import teacher
 
-    return teacher.write_teacher_scores(ctx.cfg, ctx.wh.con, out, ctx.progress)
+    filters_sql = _strip_sql((ctx.cfg.sql_dir / "scored_candidates.sql").read_text(encoding="utf-8"))
+    return teacher.write_teacher_scores(ctx.cfg, ctx.wh.con, out, ctx.progress, filters_sql=filters_sql)
 
 
 def _embeddings_dir(ctx: Context) -> Path:
@@ -166,12 +168,15 @@ STAGES: list[Stage] = [
     Stage("clean_documents", ("raw_documents",), ("clean", "sources")),
     Stage("documents", ("clean_documents",)),
     Stage("quarantine", ("raw_documents", "clean_documents")),
-    Stage("passages", ("documents",), ("chunk",)),
+    Stage("chunks", ("documents",), ("chunk",)),
+    Stage("passage_duplicates", ("chunks",)),
+    Stage("passages", ("chunks", "passage_duplicates"), ("chunk",)),
     Stage("query_file_rows", (), ("query_files",), python=_query_file_rows,
           contract=Contract(not_null=["name", "file", "line_no"])),
     Stage("user_queries", ("query_file_rows", "documents", "passages")),
     Stage("llm_questions", ("passages",), ("queries.methods", "llm", "run.seed"), python=_llm_questions),
-    Stage("queries", ("passages", "user_queries", "llm_questions"), ("queries", "run.seed")),
+    Stage("queries", ("chunks", "passage_duplicates", "passages", "user_queries", "llm_questions"),
+          ("queries", "run.seed", "filters.drop_low_rank_positives")),
     Stage("passage_embeddings", ("passages",), ("embedding.model", "embedding.max_chars"), embeds=True),
     Stage("query_embeddings", ("queries",), ("embedding.model", "embedding.max_chars"), embeds=True),
     Stage("neighbours", ("passage_embeddings", "query_embeddings"), ("mining", "paths.export"),
@@ -181,14 +186,18 @@ STAGES: list[Stage] = [
     Stage("clusters", ("passage_embeddings",), ("clustering", "run.seed"), python=_clusters,
           contract=Contract(unique=[["passage_id"]], not_null=["passage_id", "cluster_id"])),
     Stage("candidates", ("queries", "query_embeddings", "passage_embeddings", "neighbours", "clusters", "documents"),
-          ("negatives", "mining.skip_top", "filters.exclude_same_document", "filters.near_duplicate_cosine",
+          ("negatives", "mining.skip_top", "mining.top_k", "filters.exclude_same_document", "filters.near_duplicate_cosine",
            "filters.positive_max_rank",
            "filters.drop_low_rank_positives", "run.seed"), cosines=True),
-    Stage("teacher_scores", ("candidates", "queries", "passages"), ("teacher", "mining.top_k"),
-          python=_teacher_scores,
+    Stage("teacher_scores", ("candidates", "queries", "passages", "passage_embeddings"),
+          ("teacher", "mining.top_k", "negatives", "filters.relative_margin", "filters.absolute_margin",
+           "filters.margin_baseline", "filters.near_duplicate_cosine"),
+          python=_teacher_scores, cosines=True,
           contract=Contract(unique=[["query_id", "role", "rank"]], not_null=["query_id", "teacher_score"],
                             checks=["isfinite(teacher_score)"])),
-    Stage("scored_candidates", ("teacher_scores",), ("filters.relative_margin", "filters.absolute_margin")),
+    Stage("scored_candidates", ("teacher_scores", "passage_embeddings"),
+          ("filters.relative_margin", "filters.absolute_margin", "filters.margin_baseline",
+           "filters.near_duplicate_cosine", "mining.top_k"), cosines=True),
     Stage("examples", ("scored_candidates", "queries", "passages", "documents"),
           ("negatives", "scoring", "split", "run.seed", "mining.top_k"), per_query=True),
 ]
@@ -231,6 +240,7 @@ def stage_fingerprint(stage: Stage, ctx: Context) -> str:
         from . import teacher
 
         parts.append(_module_version(teacher))
+        parts.append((ctx.cfg.sql_dir / "scored_candidates.sql").read_text(encoding="utf-8"))
     if stage.name == "neighbours" or stage.cosines:
         parts.append(_module_version(mine))
     return sha(*parts)
@@ -287,6 +297,8 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
             rows = wh.materialize_sql(stage.name, _strip_sql(sql_text))
     else:
         assert stage.python is not None
+        if stage.cosines:
+            _register_cosines(ctx)
         contract = stage.contract or Contract()
         tmp = wh.tmp_path(stage.name)
         tmp.unlink(missing_ok=True)
@@ -365,6 +377,34 @@ def embed_shard(ctx: Context, stage: Stage, i: int, n: int, log: Callable[[str],
     return done
 
 
+TOP_K_STAGES = ("candidates", "teacher_scores", "scored_candidates", "examples")
+
+
+def effective_top_k(cfg: Config, n_passages: int) -> int:
+    """The rank window end for a corpus of ``n_passages``: ``mining.top_k``, narrowed on small corpora.
+
+    Easy and related negatives are drawn outside the window, and hard ones come from inside it
+    first. On a corpus of a few dozen passages a window of 30 holds most of the corpus, so no draw
+    is left outside it: the window is then ``max(2 x negatives.hard, n_passages // 4)`` (never
+    below ``skip_top + negatives.hard``), leaving three quarters of the corpus to draw from.
+    """
+    n_hard = cfg.negatives.hard
+    k = min(cfg.mining.top_k, max(2 * n_hard, n_passages // 4))
+    return max(k, cfg.mining.skip_top + n_hard)
+
+
+def _adapt_to_corpus(ctx: Context, log: Callable[[str], None]) -> None:
+    """Set the ``top_k`` variable to :func:`effective_top_k` of the passages layer (once it exists)."""
+    if not ctx.wh.layer_path("passages").exists():
+        return
+    n = int(ctx.wh.con.execute("SELECT count(*) FROM passages").fetchall()[0][0])
+    k = effective_top_k(ctx.cfg, n)
+    ctx.wh.con.execute("SET VARIABLE top_k = ?", [k])
+    if k != ctx.cfg.mining.top_k and not ctx.top_k_logged:
+        log(f"  (small corpus: {n:,} passages, rank window mining.top_k {ctx.cfg.mining.top_k} -> {k})")
+        ctx.top_k_logged = True
+
+
 def run_pipeline(cfg: Config, force: list[str] | None = None, until: str | None = None,
                  log: Callable[[str], None] = print, shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Run every stage in order (skipping fresh ones), then export and validate; return the summary.
@@ -390,6 +430,8 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, until: str | None 
                 if stage.name == "query_embeddings":
                     return {"stages": ctx.results, "shard": shard}
                 continue
+            if stage.name in TOP_K_STAGES:
+                _adapt_to_corpus(ctx, log)
             res = run_stage(stage, ctx, force="all" in force or stage.name in force)
             ctx.results[stage.name] = res
             state = "skipped (fresh)" if res.skipped else f"{res.seconds:7.1f}s"

@@ -28,17 +28,19 @@ SCHEMA = pa.schema([
     ("query_id", pa.string()), ("role", pa.string()), ("rank", pa.int64()), ("passage_id", pa.string()),
     ("bi_score", pa.float64()), ("ce_score", pa.float64()), ("teacher_score", pa.float64()),
 ])
+RAW_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "teacher_score"] + [("round", pa.int64())])
 
+# usable candidates; hard ones numbered by pick (the rank window first, then deeper ranks)
 SELECT_SQL = """
 WITH usable AS (
     SELECT c.query_id, c.role, c.rank, c.passage_id, c.teacher_sim, row_number() OVER (
                PARTITION BY c.query_id, c.role ORDER BY c.rank > getvariable('top_k'), c.rank) AS pick
-    FROM candidates c WHERE c.filter_reason IS NULL
+    FROM candidates c WHERE c.filter_reason IS NULL{short_filter}
 )
 SELECT u.query_id, u.role, u.rank, u.passage_id, u.teacher_sim AS bi_score{text_cols}
 FROM usable u
 {text_joins}
-WHERE u.role <> 'hard' OR u.pick <= getvariable('teacher_max_candidates')
+WHERE {round_filter}
 {order}
 """
 TEXT_COLS = """, q.query,
@@ -47,15 +49,45 @@ TEXT_JOINS = """JOIN queries q USING (query_id)
 JOIN passages p ON p.passage_id = u.passage_id"""
 
 
-def select_sql(with_text: bool, by_query: bool) -> str:
-    """The candidates to score; query and doc texts only when a model reads them.
+def select_sql(with_text: bool, by_query: bool, round_no: int = 1, round_size: int | None = None) -> str:
+    """The candidates to score in one round; query and doc texts only when a model reads them.
 
-    The bi-encoder teacher needs no text, which keeps this narrow at millions of candidates. Only
-    the ensemble normalizes per query, so only it needs its input grouped by query (a sort of tens
-    of millions of rows at full scale).
+    Round 1 scores every usable positive, related and easy candidate and the first ``round_size``
+    (``teacher.max_candidates``) usable hard ones; round r > 1 scores the next ``round_size`` hard
+    ones of the queries listed in the temporary table ``teacher_short`` (those the filters left
+    short). ``round_size`` None: every usable hard candidate in round 1. The bi-encoder teacher needs
+    no text, which keeps this narrow at millions of candidates.
     """
+    if round_size is None:
+        round_filter = "true"
+    else:
+        lo, hi = (round_no - 1) * round_size, round_no * round_size
+        round_filter = (f"u.role <> 'hard' OR u.pick <= {hi}" if round_no == 1
+                        else f"u.role = 'hard' AND u.pick > {lo} AND u.pick <= {hi}")
+    short = "" if round_no == 1 else " AND c.query_id IN (SELECT query_id FROM teacher_short)"
     return SELECT_SQL.format(text_cols=TEXT_COLS if with_text else "", text_joins=TEXT_JOINS if with_text else "",
-                             order="ORDER BY u.query_id, u.role, u.rank" if by_query else "")
+                             order="ORDER BY u.query_id, u.role, u.rank" if by_query else "",
+                             short_filter=short, round_filter=round_filter)
+
+
+def scores_sql(kind: str, files: list[Path]) -> str:
+    """The teacher_scores rows over the raw per-round files: the final ``teacher_score`` per kind.
+
+    The ensemble averages the bi-encoder and cross-encoder scores after min-max normalizing each over
+    the query's scored candidates (all rounds; a constant group maps to 0.5).
+    """
+    listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    if kind == "biencoder":
+        score = "bi_score"
+    elif kind == "cross_encoder":
+        score = "ce_score"
+    else:
+        def mm(col: str) -> str:
+            return (f"coalesce(({col} - min({col}) OVER w) / nullif(max({col}) OVER w - min({col}) OVER w, 0), 0.5)")
+        score = f"({mm('bi_score')} + {mm('ce_score')}) / 2.0"
+    window = " WINDOW w AS (PARTITION BY query_id)" if kind == "ensemble" else ""
+    return (f"SELECT query_id, role, rank, passage_id, bi_score, ce_score, ({score})::DOUBLE AS teacher_score "
+            f"FROM read_parquet([{listing}]){window}")
 
 
 _MODELS: dict[tuple, Any] = {}
@@ -95,47 +127,75 @@ def minmax_per_query(query_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Score the candidates with the configured teacher and write the ``teacher_scores`` layer."""
+def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True,
+                         filters_sql: str | None = None) -> dict[str, Any]:
+    """Score the candidates with the configured teacher and write the ``teacher_scores`` layer.
+
+    Scoring goes in rounds of ``teacher.max_candidates`` hard candidates per query. After each
+    round ``filters_sql`` (the SELECT of etl/sql/scored_candidates.sql) runs on the scores so far;
+    the queries it leaves with fewer than ``negatives.hard`` usable hard negatives get their next
+    ``max_candidates`` candidates scored, until none is short or their candidates run out (every
+    usable neighbour up to ``mining.search_depth``). Without ``filters_sql``: one round.
+    """
     from tqdm import tqdm
 
     t = cfg.teacher
-    total = int(con.execute("SELECT count(*) FROM candidates WHERE filter_reason IS NULL").fetchall()[0][0])
     model = load_cross_encoder(t.cross_encoder, t.device, t.fp16) if t.kind != "biencoder" else None
-    by_query = t.kind == "ensemble"
-    reader = con.sql(select_sql(with_text=model is not None, by_query=by_query)).to_arrow_reader(50_000)
-    writer = pq.ParquetWriter(out, SCHEMA, compression="zstd")
-    scored = 0
-    pending: list[pa.RecordBatch] = []
+    parts: list[Path] = []
+    counts: dict[str, Any] = {"teacher": t.kind, "scored": 0, "rounds": 0, "deepened_queries": 0}
+    round_no = 1
     try:
-        with tqdm(total=total, desc="teacher_scores", unit="pair", disable=not progress or model is None) as bar:
-            for batch in reader:
-                if not by_query:  # every row is scored on its own
-                    scored += _score_and_write(writer, pa.Table.from_batches([batch]), model, cfg)
-                    bar.update(batch.num_rows)
-                    continue
-                pending.append(batch)
-                # keep whole queries together for the per-query normalization of the ensemble
-                if sum(b.num_rows for b in pending) < 20_000:
-                    continue
-                table = pa.Table.from_batches(pending)
-                last_q = table.column("query_id")[-1].as_py()
-                qids = np.asarray(table.column("query_id").to_pylist(), dtype=object)
-                keep = qids != last_q
-                if keep.any():
-                    scored += _score_and_write(writer, table.filter(pa.array(keep)), model, cfg)
-                    bar.update(int(keep.sum()))
-                pending = [table.filter(pa.array(~keep)).combine_chunks().to_batches()[0]] if (~keep).any() else []
-            if pending:
-                table = pa.Table.from_batches(pending)
-                scored += _score_and_write(writer, table, model, cfg)
-                bar.update(table.num_rows)
+        while True:
+            part = out.with_name(f".{out.stem}.round{round_no}.tmp")
+            part.unlink(missing_ok=True)
+            sql = select_sql(with_text=model is not None, by_query=False, round_no=round_no,
+                             round_size=t.max_candidates)
+            total = int(con.execute(f"SELECT count(*) FROM ({sql})").fetchall()[0][0])
+            if total == 0 and round_no > 1:
+                break
+            reader = con.sql(sql).to_arrow_reader(50_000)
+            writer = pq.ParquetWriter(part, RAW_SCHEMA, compression="zstd")
+            try:
+                with tqdm(total=total, desc=f"teacher_scores round {round_no}", unit="pair",
+                          disable=not progress or model is None) as bar:
+                    for batch in reader:
+                        counts["scored"] += _score_and_write(writer, pa.Table.from_batches([batch]), model, cfg,
+                                                             round_no)
+                        bar.update(batch.num_rows)
+            finally:
+                writer.close()
+            parts.append(part)
+            counts["rounds"] = round_no
+            if filters_sql is None:
+                break
+            con.execute(f"CREATE OR REPLACE TEMP VIEW teacher_scores AS {scores_sql(t.kind, parts)}")
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE teacher_short AS "
+                f"SELECT s.query_id FROM (\n{filters_sql}\n) s GROUP BY s.query_id "
+                "HAVING count_if(s.role = 'positive') = 1 "
+                "AND count_if(s.role = 'hard' AND s.filter_reason IS NULL) < getvariable('n_hard')")
+            n_short = int(con.execute("SELECT count(*) FROM teacher_short").fetchall()[0][0])
+            if n_short == 0:
+                break
+            if round_no > 1:
+                counts["deepened_queries"] = max(counts["deepened_queries"], n_short)
+            else:
+                counts["deepened_queries"] = n_short
+            round_no += 1
+        target = str(out).replace("'", "''")
+        con.execute(f"COPY ({scores_sql(t.kind, parts)}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
     finally:
-        writer.close()
-    return {"teacher": t.kind, "scored": scored, **({"cross_encoder": t.cross_encoder} if model else {})}
+        con.execute("DROP VIEW IF EXISTS temp.teacher_scores")
+        con.execute("DROP TABLE IF EXISTS temp.teacher_short")
+        for part in parts:
+            part.unlink(missing_ok=True)
+    if model is not None:
+        counts["cross_encoder"] = t.cross_encoder
+    return counts
 
 
-def _score_and_write(writer: pq.ParquetWriter, table: pa.Table, model: Any, cfg: Config) -> int:
+def _score_and_write(writer: pq.ParquetWriter, table: pa.Table, model: Any, cfg: Config, round_no: int) -> int:
+    """Raw scores of one batch (bi-encoder cosine, cross-encoder score when a model is loaded)."""
     t = cfg.teacher
     bi = np.asarray(table.column("bi_score").to_numpy(zero_copy_only=False), dtype=np.float64)
     ce = np.full(len(bi), np.nan)
@@ -144,17 +204,10 @@ def _score_and_write(writer: pq.ParquetWriter, table: pa.Table, model: Any, cfg:
                  for q, d in zip(table.column("query").to_pylist(), table.column("text").to_pylist(), strict=True)]
         ce = np.asarray(model.predict(pairs, batch_size=t.batch_size, show_progress_bar=False),
                         dtype=np.float64).reshape(-1)
-    if t.kind == "biencoder":
-        score = bi
-    elif t.kind == "cross_encoder":
-        score = ce
-    else:
-        qids = np.asarray(table.column("query_id").to_pylist(), dtype=object)
-        score = (minmax_per_query(qids, bi) + minmax_per_query(qids, ce)) / 2.0
     writer.write_table(pa.table({
         "query_id": table.column("query_id"), "role": table.column("role"),
         "rank": table.column("rank").cast(pa.int64()), "passage_id": table.column("passage_id"),
         "bi_score": pa.array(bi), "ce_score": pa.array(np.where(np.isnan(ce), None, ce), pa.float64()),
-        "teacher_score": pa.array(score),
-    }, schema=SCHEMA))
+        "round": pa.array(np.full(len(bi), round_no, dtype=np.int64)),
+    }, schema=RAW_SCHEMA))
     return len(bi)

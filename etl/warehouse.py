@@ -151,6 +151,7 @@ class Warehouse:
             "top_k": c.mining.top_k,
             "exclude_same_document": c.filters.exclude_same_document,
             "relative_margin": c.filters.relative_margin,
+            "margin_baseline": c.filters.margin_baseline,
             "absolute_margin": c.filters.absolute_margin,
             "near_duplicate_cosine": c.filters.near_duplicate_cosine,
             "positive_max_rank": c.filters.positive_max_rank,

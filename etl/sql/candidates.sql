@@ -1,8 +1,9 @@
 -- Layer candidates: every candidate doc considered for every query, with its bi-encoder similarity
 -- and the structural filter that removed it (filter_reason NULL = usable). Score-based filters
 -- (margins to the positive) come later, in scored_candidates.sql, once the teacher has scored.
---   positive  the query's positive (passage, or positive_text for first_sentence queries); for
---             query-file lines without a passage_id, the document's passage most similar to the query
+--   positive  the query's positive (passage, or positive_text for first_sentence queries); for a
+--             query with several known positives (queries.positive_passage_ids: query files naming
+--             documents or several passages), the known positive most similar to the query
 --   hard      usearch nearest neighbours of the query (layer neighbours), rank 1..search_depth
 --   related   random passages of the positive's own k-means cluster, outside the rank window
 --   easy      random passages from other clusters, outside the rank window (examples.sql also
@@ -12,12 +13,18 @@
 --   query_passage_cos(q_row, p_row), passage_passage_cos(p_row, p_row)
 -- over the exported embedding matrices (row = position in id order), so no embedding list is ever
 -- joined here: every row carries integers, and memory stays bounded at millions of queries.
--- Filters: is_positive, rank_window (rank <= skip_top), same_document, same_title (the same subject
+-- Filters: is_positive, known_positive (another known positive of the query: never a negative),
+-- rank_window (rank <= skip_top), same_document (the positive's document or another document named
+-- for the query), same_title (the same subject
 -- in another source; both switched by filters.exclude_same_document), near_duplicate (same normalized text as the positive passage, compared by
 -- md5 of the text without whitespace, lower-cased; or cosine to it >= filters.near_duplicate_cosine), same_cluster (easy only), in_neighbours, duplicate_draw, and on
 -- the positive itself positive_rank_too_low (more than filters.positive_max_rank passages of other
--- documents score above it: the query does not retrieve its own passage).
--- Random draws are md5(query_id, draw, seed) over passage indexes: deterministic, no cross join;
+-- documents score above it: the query does not retrieve its own passage; only where the query's
+-- drop_low_rank is set: generated queries by default, never a query file unless it asks).
+-- Random draws are md5(query_id, draw, seed) over passage indexes: deterministic, no cross join.
+-- (The modulus is cast to UHUGEINT: md5_number is UHUGEINT, and UHUGEINT % BIGINT is computed in
+-- DOUBLE, which rounds away the low bits: on 40 passages every draw fell on one of 5 of them.)
+--
 -- they are built per query as lists, so the in_neighbours and duplicate_draw checks are list
 -- lookups within the query's row (a semi-join and a window over all draws ran out of memory at 1M docs).
 --
@@ -36,20 +43,16 @@ qrow AS (  -- row of each query in embeddings/query_embeddings.npy; cosine to a 
           FROM query_embeddings)
 ),
 q0 AS (
-    SELECT q.query_id, q.positive_passage_id, q.positive_fixed, md5_number(q.doc_id) AS doc_key,
-           md5_number(lower(d.title)) AS title_key, r.q_row, r.fixed_pos_sim
+    SELECT q.query_id, q.positive_passage_id, q.positive_fixed, q.positive_passage_ids, q.drop_low_rank,
+           list_transform(q.positive_doc_ids, lambda x: md5_number(x)) AS named_doc_keys, r.q_row, r.fixed_pos_sim
     FROM queries q
     JOIN qrow r USING (query_id)
-    JOIN documents d ON d.doc_id = q.doc_id
 ),
-best AS (  -- teacher-best passage of the document, for queries without a fixed positive
-    SELECT q.query_id, arg_max(p.passage_id, query_passage_cos(r.q_row, pr.p_row)) AS passage_id
-    FROM queries q
-    JOIN qrow r USING (query_id)
-    JOIN passages p ON p.doc_id = q.doc_id
-    JOIN prow pr ON pr.passage_id = p.passage_id
-    WHERE NOT q.positive_fixed
-    GROUP BY q.query_id
+best AS (  -- the known positive most similar to the query, for queries without a fixed positive
+    SELECT k.query_id, arg_max(k.passage_id, query_passage_cos(k.q_row, pr.p_row)) AS passage_id
+    FROM (SELECT query_id, q_row, unnest(positive_passage_ids) AS passage_id FROM q0 WHERE NOT positive_fixed) k
+    JOIN prow pr ON pr.passage_id = k.passage_id
+    GROUP BY k.query_id
 ),
 lib AS (  -- every passage with its global and in-cluster index, for deterministic random draws
     SELECT p.passage_id, md5_number(p.doc_id) AS doc_key, md5_number(lower(p.title)) AS title_key, c.cluster_id,
@@ -59,8 +62,10 @@ lib AS (  -- every passage with its global and in-cluster index, for determinist
            count(*) OVER (PARTITION BY c.cluster_id) AS csize
     FROM passages p JOIN clusters c USING (passage_id) JOIN prow pr USING (passage_id)
 ),
-qx AS (  -- query + resolved positive: its row, text key, cluster, and the query-positive similarity
-    SELECT q0.query_id, q0.doc_key, q0.title_key, q0.q_row,
+qx AS (  -- query + resolved positive: its row, text key, cluster, and the query-positive similarity;
+    -- doc_keys: the positive's document and every document named for the query
+    SELECT q0.query_id, l.doc_key, list_distinct(list_append(q0.named_doc_keys, l.doc_key)) AS doc_keys,
+           l.title_key, q0.q_row, q0.positive_passage_ids AS known_ids, q0.drop_low_rank,
            coalesce(best.passage_id, q0.positive_passage_id) AS positive_passage_id,
            l.p_row AS pos_row, l.text_key AS pos_text_key, l.cluster_id AS pos_cluster, l.csize AS pos_csize,
            coalesce(q0.fixed_pos_sim, query_passage_cos(q0.q_row, l.p_row)) AS pos_sim
@@ -72,13 +77,14 @@ pos_rank AS (  -- 1 + passages of other documents scoring above the positive (ca
     SELECT qx.query_id, 1 + count(l.passage_id) AS positive_rank
     FROM qx
     LEFT JOIN neighbours n ON n.query_id = qx.query_id AND n.similarity > qx.pos_sim
-    LEFT JOIN lib l ON l.passage_id = n.passage_id AND l.doc_key <> qx.doc_key AND l.title_key <> qx.title_key
+    LEFT JOIN lib l ON l.passage_id = n.passage_id AND NOT list_contains(qx.doc_keys, l.doc_key)
+                   AND l.title_key <> qx.title_key AND NOT list_contains(qx.known_ids, l.passage_id)
     GROUP BY qx.query_id
 ),
 pos AS (
     SELECT qx.query_id, qx.positive_passage_id AS passage_id, 'positive' AS role, 0 AS rank,
            qx.pos_sim AS teacher_sim,
-           CASE WHEN getvariable('positive_max_rank') > 0 AND getvariable('drop_low_rank_positives')
+           CASE WHEN getvariable('positive_max_rank') > 0 AND qx.drop_low_rank
                      AND r.positive_rank > getvariable('positive_max_rank')
                 THEN 'positive_rank_too_low' END AS filter_reason,
            r.positive_rank
@@ -88,8 +94,9 @@ hard AS (
     SELECT n.query_id, n.passage_id, 'hard' AS role, n.rank, n.similarity AS teacher_sim,
         CASE
             WHEN n.passage_id = qx.positive_passage_id THEN 'is_positive'
+            WHEN list_contains(qx.known_ids, n.passage_id) THEN 'known_positive'
             WHEN n.rank <= getvariable('skip_top') THEN 'rank_window'
-            WHEN getvariable('exclude_same_document') AND l.doc_key = qx.doc_key THEN 'same_document'
+            WHEN getvariable('exclude_same_document') AND list_contains(qx.doc_keys, l.doc_key) THEN 'same_document'
             WHEN getvariable('exclude_same_document') AND l.title_key = qx.title_key THEN 'same_title'
             WHEN l.text_key = qx.pos_text_key
                  OR passage_passage_cos(l.p_row, qx.pos_row) >= getvariable('near_duplicate_cosine')
@@ -110,16 +117,16 @@ nb AS (  -- each query's passages in the rank window, as a list (the in_neighbou
 qd AS NOT MATERIALIZED (  -- per query: its random draws as lists of passage / in-cluster indexes
     SELECT qx.*, nb.nb_idx,
            list_transform(range(getvariable('easy_pool')), lambda d:
-               (md5_number(qx.query_id || ':easy:' || d || ':' || getvariable('seed')) % n_lib.n)::BIGINT) AS easy_idx,
+               (md5_number(qx.query_id || ':easy:' || d || ':' || getvariable('seed')) % n_lib.n::UHUGEINT)::BIGINT) AS easy_idx,
            list_transform(range(getvariable('easy_pool')), lambda d:
-               (md5_number(qx.query_id || ':related:' || d || ':' || getvariable('seed')) % qx.pos_csize)::BIGINT) AS related_cidx
+               (md5_number(qx.query_id || ':related:' || d || ':' || getvariable('seed')) % qx.pos_csize::UHUGEINT)::BIGINT) AS related_cidx
     FROM qx CROSS JOIN n_lib LEFT JOIN nb USING (query_id)
 ),
 -- one row per draw; `repeated` = the same passage was drawn earlier for this query and role
 easy_raw AS (
     SELECT d.*, 'easy' AS role, l.passage_id, l.doc_key AS c_doc_key, l.title_key AS c_title_key, l.cluster_id,
            l.text_key, l.p_row, l.idx AS lib_idx
-    FROM (SELECT query_id, q_row, positive_passage_id, doc_key, title_key, pos_row, pos_text_key, pos_cluster, nb_idx,
+    FROM (SELECT query_id, q_row, positive_passage_id, known_ids, doc_keys, title_key, pos_row, pos_text_key, pos_cluster, nb_idx,
                  unnest(easy_idx) AS key, generate_subscripts(easy_idx, 1) AS rank,
                  list_position(easy_idx, unnest(easy_idx)) < generate_subscripts(easy_idx, 1) AS repeated
           FROM qd WHERE getvariable('n_easy') > 0) d
@@ -128,7 +135,7 @@ easy_raw AS (
 related_raw AS (
     SELECT d.*, 'related' AS role, l.passage_id, l.doc_key AS c_doc_key, l.title_key AS c_title_key, l.cluster_id,
            l.text_key, l.p_row, l.idx AS lib_idx
-    FROM (SELECT query_id, q_row, positive_passage_id, doc_key, title_key, pos_row, pos_text_key, pos_cluster, nb_idx,
+    FROM (SELECT query_id, q_row, positive_passage_id, known_ids, doc_keys, title_key, pos_row, pos_text_key, pos_cluster, nb_idx,
                  unnest(related_cidx) AS key, generate_subscripts(related_cidx, 1) AS rank,
                  list_position(related_cidx, unnest(related_cidx)) < generate_subscripts(related_cidx, 1) AS repeated
           FROM qd WHERE getvariable('n_related') > 0) d
@@ -139,7 +146,8 @@ drawn AS (
            query_passage_cos(r.q_row, r.p_row) AS teacher_sim,
            CASE
                WHEN r.passage_id = r.positive_passage_id THEN 'is_positive'
-               WHEN getvariable('exclude_same_document') AND r.c_doc_key = r.doc_key THEN 'same_document'
+               WHEN list_contains(r.known_ids, r.passage_id) THEN 'known_positive'
+               WHEN getvariable('exclude_same_document') AND list_contains(r.doc_keys, r.c_doc_key) THEN 'same_document'
                WHEN getvariable('exclude_same_document') AND r.c_title_key = r.title_key THEN 'same_title'
                WHEN r.text_key = r.pos_text_key
                     OR passage_passage_cos(r.p_row, r.pos_row) >= getvariable('near_duplicate_cosine')

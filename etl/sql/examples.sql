@@ -4,9 +4,11 @@
 --
 -- Picks (from scored_candidates, usable rows): hard = the best-scored usable neighbours within the
 -- rank window (ranks up to mining.top_k), deeper ranks only when the window cannot fill the slots;
--- related = the best-scored usable same-cluster draws scoring below every picked hard negative;
--- easy = the first usable random draws scoring below every picked hard negative.
--- So positive > hard > related/easy by teacher score.
+-- related = the best-scored usable same-cluster draws, easy = the first usable random draws (draw
+-- order), both taken below every picked hard negative first and from the other usable draws only
+-- when too few score below (never a passage already picked). So positive > every negative by teacher
+-- score, and hard > related/easy wherever the draws allow it (a draw scoring above a hard pick is a
+-- harder negative than planned, not a false one: it passed the same margin filters).
 -- Scores: teacher score min-max normalized within the record, times scoring.scale: the
 -- positive gets `scale`, the least similar doc 0 (the OpenSearch sample's own teacher does the
 -- same, giving a per-query spread of 0-30). Only the spread within a record matters to the KL loss.
@@ -40,15 +42,19 @@ hard_stats AS (
     SELECT query_id, count(*) AS n_hard, min(teacher_sim) AS min_hard, count_if(rank > getvariable('top_k')) AS n_deep
     FROM hard_pick GROUP BY query_id
 ),
-related_pick AS (
+related_pick AS (  -- below every hard pick first; then any other usable draw, so a query is never lost to
+    -- draws that score high (a random draw above a hard pick is a harder negative, not a wrong one)
     SELECT ok.* FROM ok JOIN hard_stats h USING (query_id)
-    WHERE ok.role = 'related' AND ok.teacher_sim < h.min_hard
-    QUALIFY row_number() OVER (PARTITION BY query_id ORDER BY teacher_sim DESC, passage_id) <= getvariable('n_related')
+    WHERE ok.role = 'related' AND ok.passage_id NOT IN (SELECT passage_id FROM hard_pick x WHERE x.query_id = ok.query_id)
+    QUALIFY row_number() OVER (PARTITION BY query_id
+                               ORDER BY ok.teacher_sim >= h.min_hard, teacher_sim DESC, passage_id) <= getvariable('n_related')
 ),
-easy_pick AS (
+easy_pick AS (  -- the first usable random draws below every hard pick, then (only if too few) the other usable draws
     SELECT ok.* FROM ok JOIN hard_stats h USING (query_id)
-    WHERE ok.role = 'easy' AND ok.teacher_sim < h.min_hard
-    QUALIFY row_number() OVER (PARTITION BY query_id ORDER BY rank) <= getvariable('n_easy')
+    WHERE ok.role = 'easy'
+      AND ok.passage_id NOT IN (SELECT passage_id FROM hard_pick x WHERE x.query_id = ok.query_id)
+      AND ok.passage_id NOT IN (SELECT passage_id FROM related_pick x WHERE x.query_id = ok.query_id)
+    QUALIFY row_number() OVER (PARTITION BY query_id ORDER BY ok.teacher_sim >= h.min_hard, rank) <= getvariable('n_easy')
 ),
 picked AS (
     SELECT * FROM pos

@@ -1,16 +1,28 @@
--- Layer queries: one row per (query, positive passage).
+-- Layer queries: one row per query.
 --   title           the document title -> the document's first passage (its lead / summary).
 --   first_sentence  the first sentence of the first passage -> the rest of that passage
 --                   (positive_text: the sentence is removed, else the pair would be trivial).
 --   llm             questions generated per passage by an LLM (layer llm_questions, etl/llm.py).
---   query_file      user questions from [[query_files]] (loaded into user_queries by the runner).
--- query_id = <method>:<md5 of query text and positive passage id>, stable across runs.
--- Methods are chosen by queries.methods; queries.max_per_source caps each (source, method).
+--   query_file      user questions from [[query_files]] (layer user_queries): ONE row per distinct
+--                   query text (query files are whitespace-normalized on load), however many lines
+--                   or files name it. Every passage or document named for it is a known positive
+--                   (positive_passage_ids: the named passages, and every passage of a named
+--                   document; a deduplicated chunk resolves to its kept copy, see
+--                   passage_duplicates.sql). The record's positive is the known positive the
+--                   teacher scores highest (candidates.sql); the others are never its negatives.
+--                   doc_id / source: the first target's document (by file and line), for the split.
+-- query_id = <method>:<md5 of query text and positive passage id> (query_file: of the query text
+-- alone), stable across runs. queries.max_per_source caps each (source, method).
+-- drop_low_rank: whether positive_rank_too_low may drop the query (candidates.sql): the
+-- filters.drop_low_rank_positives setting for generated queries (title, first sentence, llm), the
+-- query file's own drop_low_rank_positives (default false: a human question file is trusted).
 --
 -- @unique: query_id
--- positive_fixed = false: the positive is the document's passage the teacher scores highest (resolved
--- in candidates.sql, once embeddings exist); positive_passage_id is then the doc's first passage.
--- @not_null: query_id, method, query, doc_id, source, positive_passage_id, positive_fixed
+-- positive_fixed = false: the positive is the known positive the teacher scores highest (resolved in
+-- candidates.sql, once embeddings exist); positive_passage_id is then the first of them.
+-- @not_null: query_id, method, query, doc_id, source, positive_passage_id, positive_fixed, positive_passage_ids, positive_doc_ids, drop_low_rank
+-- @check: len(positive_passage_ids) >= 1 AND list_contains(positive_passage_ids, positive_passage_id)
+-- @check: positive_fixed = (len(positive_passage_ids) = 1)
 -- @check: length(query) BETWEEN getvariable('query_min_chars') AND getvariable('query_max_chars')
 -- @check: positive_text IS NULL OR length(positive_text) >= getvariable('query_min_positive_chars')
 WITH lead AS (
@@ -45,11 +57,37 @@ llm_q AS (
     FROM llm_questions
     WHERE status = 'ok' AND list_contains(getvariable('query_methods'), 'llm')
 ),
+uq AS (  -- usable query-file rows; a named passage that was deduplicated resolves to its kept copy
+    SELECT u.name, u.file, u.line_no, u.target_no, u.query, u.doc_id, u.source, u.drop_low_rank,
+           coalesce(dup.kept_passage_id, u.passage_id) AS passage_id
+    FROM user_queries u
+    LEFT JOIN passage_duplicates dup ON dup.passage_id = u.passage_id
+    WHERE u.reject_reason IS NULL
+),
+targets AS (  -- the passages each target stands for: the named passage, or every chunk of a named document
+    SELECT query, passage_id FROM uq WHERE passage_id IS NOT NULL
+    UNION ALL
+    SELECT uq.query, coalesce(dup.kept_passage_id, c.passage_id) AS passage_id
+    FROM uq
+    JOIN chunks c ON c.doc_id = uq.doc_id
+    LEFT JOIN passage_duplicates dup ON dup.passage_id = c.passage_id
+    WHERE uq.passage_id IS NULL
+),
+file_groups AS (
+    SELECT g.query, g.doc_id, g.source, g.drop_low_rank, g.positive_doc_ids,
+           list_sort(list_distinct(t.pids)) AS positive_passage_ids
+    FROM (SELECT query,
+                 arg_min(doc_id, [name, file, lpad(line_no::VARCHAR, 12, '0'), lpad(target_no::VARCHAR, 6, '0')]) AS doc_id,
+                 arg_min(source, [name, file, lpad(line_no::VARCHAR, 12, '0'), lpad(target_no::VARCHAR, 6, '0')]) AS source,
+                 bool_or(drop_low_rank) AS drop_low_rank,
+                 list_sort(list_distinct(list(doc_id))) AS positive_doc_ids
+          FROM uq GROUP BY query) g
+    JOIN (SELECT query, list(passage_id) AS pids FROM targets GROUP BY query) t USING (query)
+),
 file_q AS (
-    SELECT 'query_file' AS method, query, doc_id, source, positive_passage_id, NULL::VARCHAR AS positive_text,
-           positive_fixed
-    FROM user_queries
-    WHERE reject_reason IS NULL
+    SELECT 'query_file' AS method, query, doc_id, source, positive_passage_ids[1] AS positive_passage_id,
+           NULL::VARCHAR AS positive_text, len(positive_passage_ids) = 1 AS positive_fixed
+    FROM file_groups
 ),
 all_q AS (
     SELECT * FROM title_q
@@ -58,16 +96,23 @@ all_q AS (
     UNION ALL SELECT * FROM file_q
 ),
 valid AS (
-    SELECT method || ':' || left(md5(query || chr(31) || positive_passage_id), 16) AS query_id, *
-    FROM all_q
-    WHERE length(query) BETWEEN getvariable('query_min_chars') AND getvariable('query_max_chars')
-      AND (positive_text IS NULL OR length(positive_text) >= getvariable('query_min_positive_chars'))
+    SELECT CASE WHEN a.method = 'query_file' THEN 'query_file:' || left(md5(a.query), 16)
+                ELSE a.method || ':' || left(md5(a.query || chr(31) || a.positive_passage_id), 16) END AS query_id,
+           a.*,
+           coalesce(f.positive_passage_ids, [a.positive_passage_id]) AS positive_passage_ids,
+           coalesce(f.positive_doc_ids, [a.doc_id]) AS positive_doc_ids,
+           coalesce(f.drop_low_rank, getvariable('drop_low_rank_positives')) AS drop_low_rank
+    FROM all_q a
+    LEFT JOIN file_groups f ON a.method = 'query_file' AND f.query = a.query
+    WHERE length(a.query) BETWEEN getvariable('query_min_chars') AND getvariable('query_max_chars')
+      AND (a.positive_text IS NULL OR length(a.positive_text) >= getvariable('query_min_positive_chars'))
 ),
 capped AS (
     SELECT *, row_number() OVER (PARTITION BY source, method ORDER BY md5(query_id || getvariable('seed'))) AS pick
     FROM valid
 )
-SELECT query_id, method, query, doc_id, source, positive_passage_id, positive_text, positive_fixed
+SELECT query_id, method, query, doc_id, source, positive_passage_id, positive_text, positive_fixed,
+       positive_passage_ids, positive_doc_ids, drop_low_rank
 FROM capped
 WHERE getvariable('query_max_per_source') = 0 OR pick <= getvariable('query_max_per_source')
 ORDER BY query_id
