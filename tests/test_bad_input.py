@@ -435,7 +435,7 @@ def test_query_file_lines_with_unknown_ids_are_rejected_with_reasons(tmp_path):
                             query_files=[("mine", str(qpath))])
     wh = run_stages(load_config(cfg_path), "user_queries")
     try:
-        got = rows(wh, "SELECT line_no, reject_reason, doc_id, positive_passage_id, file FROM user_queries "
+        got = rows(wh, "SELECT line_no, reject_reason, doc_id, passage_id, file FROM user_queries "
                        "ORDER BY line_no")
     finally:
         wh.close()
@@ -443,8 +443,8 @@ def test_query_file_lines_with_unknown_ids_are_rejected_with_reasons(tmp_path):
         (1, None), (2, None), (3, "unknown_doc_id"), (4, "unknown_doc_id"), (5, "unknown_passage_id"),
         (6, "passage_not_in_doc"), (7, "malformed_json"), (8, "missing_query"), (9, "wrong_type:doc_id"),
         (10, "missing_doc_id"), (11, "ambiguous_doc_id")]
-    assert got[0][2:4] == ("syn:d00000", "syn:d00000#0")
-    assert got[1][2:4] == ("syn:d00001", "syn:d00001#0")
+    assert got[0][2:4] == ("syn:d00000", None)  # a document named: no fixed passage
+    assert got[1][2:4] == ("syn:d00001", None)
     assert {Path(f).name for *_, f in got} == {"queries.jsonl"}
 
 

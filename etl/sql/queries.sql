@@ -46,11 +46,12 @@ llm_q AS (
     FROM llm_questions
     WHERE status = 'ok' AND list_contains(getvariable('query_methods'), 'llm')
 ),
-file_q AS (
-    SELECT 'query_file' AS method, query, doc_id, source, positive_passage_id, NULL::VARCHAR AS positive_text,
-           positive_fixed
+file_q AS (  -- one row per distinct query (its first usable target); user_queries has one row per (line, target)
+    SELECT 'query_file' AS method, query, doc_id, source, coalesce(passage_id, doc_id || '#0') AS positive_passage_id,
+           NULL::VARCHAR AS positive_text, passage_id IS NOT NULL AS positive_fixed
     FROM user_queries
     WHERE reject_reason IS NULL
+    QUALIFY row_number() OVER (PARTITION BY query ORDER BY name, file, line_no, target_no) = 1
 ),
 all_q AS (
     SELECT * FROM title_q
