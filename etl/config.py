@@ -59,6 +59,10 @@ class DuckDBConfig:
     batch_queries: int = 200000  # per-query stages (examples) run on this many queries at a time
 
 
+SOURCE_COLUMN_KEYS = ("id", "url", "title", "text", "language")
+QUERY_FILE_COLUMN_KEYS = ("query", "doc_id", "doc_ids", "passage_id", "passage_ids")
+
+
 @dataclass
 class SourceConfig:
     """One input dataset: a name and file globs (.jsonl, .jsonl.gz, .json, .json.gz, .parquet)."""
@@ -67,14 +71,33 @@ class SourceConfig:
     paths: list[str] = field(default_factory=list)
     url_prefix: str = ""  # url = url_prefix + url-encoded title, when a record has no url
     language: str = "ko"  # default language when a record has none
+    # the file's column for each field, e.g. {id = "doc_id", text = "contents"}; unmapped keys keep their name
+    columns: dict[str, str] = field(default_factory=dict)
+
+    def column(self, key: str) -> str:
+        """The record field read for ``key`` (one of SOURCE_COLUMN_KEYS)."""
+        return self.columns.get(key, key)
 
 
 @dataclass
 class QueryFileConfig:
-    """User queries: JSONL of ``{"query", "doc_id"[, "passage_id"]}``."""
+    """User queries: one record per line/row with a question and the documents or passages it is about.
+
+    JSONL (``.jsonl``/``.ndjson``, also any other name), ``.json`` or ``.parquet`` (``.gz`` allowed for
+    JSON) of ``{"query", "doc_id" | "doc_ids" | "passage_id" | "passage_ids"}``; an id field holds one id,
+    a list or a list of lists (flattened).
+    """
 
     name: str = ""
     path: str = ""
+    # the file's column for each field, e.g. {doc_ids = "retrieval_gt"}; unmapped keys keep their name
+    columns: dict[str, str] = field(default_factory=dict)
+    # a human question file is trusted: its queries are kept even when the positive ranks low
+    drop_low_rank_positives: bool = False
+
+    def column(self, key: str) -> str:
+        """The record field read for ``key`` (one of QUERY_FILE_COLUMN_KEYS)."""
+        return self.columns.get(key, key)
 
 
 @dataclass
@@ -288,6 +311,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a table, got {type(value).__name__}")
         return _build(tp, value, key)
+    if origin is dict:
+        key_tp, item_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a table, got {type(value).__name__}")
+        return {_coerce(k, key_tp, key): _coerce(v, item_tp, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -352,6 +380,15 @@ def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def _check_columns(columns: dict[str, str], key: str, known: tuple[str, ...]) -> None:
+    """A ``columns`` mapping: keys among ``known``, each naming a non-empty column."""
+    for k, col in columns.items():
+        if k not in known:
+            raise ConfigError(f"unknown config key '{key}.{k}' (known: {', '.join(known)})")
+        if not col.strip():
+            raise ConfigError(f"config key '{key}.{k}': must name a column, got {col!r}")
+
+
 def validate(cfg: Config) -> None:
     """Reject impossible values before any work, naming the key."""
     def need(cond: bool, key: str, msg: str) -> None:
@@ -367,8 +404,10 @@ def validate(cfg: Config) -> None:
         need(s.name not in seen, f"sources[{i}].name", f"duplicate source name {s.name!r}")
         seen.add(s.name)
         need(len(s.paths) > 0, f"sources[{i}].paths", "must list at least one glob")
+        _check_columns(s.columns, f"sources[{i}].columns", SOURCE_COLUMN_KEYS)
     for i, q in enumerate(cfg.query_files):
         need(bool(q.name) and bool(q.path), f"query_files[{i}]", "needs both 'name' and 'path'")
+        _check_columns(q.columns, f"query_files[{i}].columns", QUERY_FILE_COLUMN_KEYS)
     for m in cfg.queries.methods:
         need(m in KNOWN_METHODS, "queries.methods", f"unknown method {m!r} (known: {', '.join(KNOWN_METHODS)})")
     if "llm" in cfg.queries.methods:

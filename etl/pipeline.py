@@ -175,7 +175,7 @@ STAGES: list[Stage] = [
           contract=Contract(not_null=["name", "file", "line_no"])),
     Stage("user_queries", ("query_file_rows", "documents", "passages")),
     Stage("llm_questions", ("passages",), ("queries.methods", "llm", "run.seed"), python=_llm_questions),
-    Stage("queries", ("chunks", "passage_duplicates", "passages", "user_queries", "llm_questions"),
+    Stage("queries", ("documents", "chunks", "passage_duplicates", "passages", "user_queries", "llm_questions"),
           ("queries", "run.seed", "filters.drop_low_rank_positives")),
     Stage("passage_embeddings", ("passages",), ("embedding.model", "embedding.max_chars"), embeds=True),
     Stage("query_embeddings", ("queries",), ("embedding.model", "embedding.max_chars"), embeds=True),

@@ -163,14 +163,16 @@ def test_missing_text_or_title(tmp_path):
     write_jsonl(tmp_path / IN / "a.jsonl", [
         art(0),
         art(1, text=KeyError),
-        art(2, title=KeyError),
+        art(2, title=KeyError),  # no title: derived from the id, not quarantined
         {"id": "only-id"},
         art(3),
+        {"text": " \n "},  # no title, url or id, and no text line to derive one from
     ])
     out = ingest_dir(tmp_path)
     assert out.counts == {"missing_text": 2, "missing_title": 1}
-    assert [(n, r) for *_, n, r in out.quarantine] == [(2, "missing_text"), (3, "missing_title"), (4, "missing_text")]
-    assert out.doc_ids == ["src:d00000", "src:d00003"]
+    assert [(n, r) for *_, n, r in out.quarantine] == [(2, "missing_text"), (4, "missing_text"), (6, "missing_title")]
+    assert out.doc_ids == ["src:d00000", "src:d00002", "src:d00003"]
+    assert {d[0]: d[1] for d in out.documents}["src:d00002"] == "d00002"
 
 
 def test_null_fields(tmp_path):
@@ -180,9 +182,10 @@ def test_null_fields(tmp_path):
         art(2, id=None, url=None, language=None, namespace=None),
     ])
     out = ingest_dir(tmp_path)
-    assert out.counts == {"missing_text": 1, "missing_title": 1}
-    # null id -> the title is the id; null language -> the source's language
-    assert [(d[0], d[3]) for d in out.documents] == [(f"src:{ARTS[2]['title']}", "ko")]
+    assert out.counts == {"missing_text": 1}
+    # null title -> derived from the id; null id -> the title is the id; null language -> the source's language
+    assert [(d[0], d[1], d[3]) for d in out.documents] == [
+        ("src:d00001", "d00001", "ko"), (f"src:{ARTS[2]['title']}", ARTS[2]["title"], "ko")]
 
 
 EMPTYISH = [
@@ -295,9 +298,8 @@ def test_parquet_rows_are_numbered(tmp_path):
     pq.write_table(pa.table({"id": ["p1", "p2", "p3"], "title": [ARTS[0]["title"], None, ARTS[2]["title"]],
                              "text": [ARTS[0]["text"], ARTS[1]["text"], None]}), tmp_path / IN / "t.parquet")
     out = ingest_dir(tmp_path)
-    assert out.quarantine == [("ingest", "src", "t.parquet", 2, "missing_title"),
-                              ("ingest", "src", "t.parquet", 3, "missing_text")]
-    assert out.doc_ids == ["src:p1"]
+    assert out.quarantine == [("ingest", "src", "t.parquet", 3, "missing_text")]
+    assert out.doc_ids == ["src:p1", "src:p2"]  # p2 has no title: derived from its id
 
 
 def test_empty_files_load_nothing_and_break_nothing(tmp_path):
@@ -433,7 +435,7 @@ def test_query_file_lines_with_unknown_ids_are_rejected_with_reasons(tmp_path):
                             query_files=[("mine", str(qpath))])
     wh = run_stages(load_config(cfg_path), "user_queries")
     try:
-        got = rows(wh, "SELECT line_no, reject_reason, doc_id, positive_passage_id, file FROM user_queries "
+        got = rows(wh, "SELECT line_no, reject_reason, doc_id, passage_id, file FROM user_queries "
                        "ORDER BY line_no")
     finally:
         wh.close()
@@ -441,8 +443,8 @@ def test_query_file_lines_with_unknown_ids_are_rejected_with_reasons(tmp_path):
         (1, None), (2, None), (3, "unknown_doc_id"), (4, "unknown_doc_id"), (5, "unknown_passage_id"),
         (6, "passage_not_in_doc"), (7, "malformed_json"), (8, "missing_query"), (9, "wrong_type:doc_id"),
         (10, "missing_doc_id"), (11, "ambiguous_doc_id")]
-    assert got[0][2:4] == ("syn:d00000", "syn:d00000#0")
-    assert got[1][2:4] == ("syn:d00001", "syn:d00001#0")
+    assert got[0][2:4] == ("syn:d00000", None)  # a document named: no fixed passage
+    assert got[1][2:4] == ("syn:d00001", None)
     assert {Path(f).name for *_, f in got} == {"queries.jsonl"}
 
 

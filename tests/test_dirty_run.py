@@ -19,7 +19,6 @@ EXPECTED_QUARANTINE = {
     "wrong_type:text": 1,
     "wrong_type:title": 1,
     "missing_text": 2,  # one missing, one null
-    "missing_title": 1,
     "empty_text": 2,  # "" and spaces only
     "duplicate_text": 1,  # an exact repeat of a good article under a new id (bad.jsonl sorts first)
     "unknown_extension": 1,
@@ -42,7 +41,7 @@ def write_dirty_corpus(d: Path) -> None:
         j({**ARTS[41], "id": "b3", "title": {"x": 1}}),  # wrong type title
         j({**ARTS[42], "id": "b4", "title": 4242}),  # number title: loads
         j({"id": "b5", "title": "제목만"}),  # missing text
-        j({"id": "b6", "text": ARTS[43]["text"]}),  # missing title
+        j({"id": "b6", "text": ARTS[43]["text"]}),  # missing title: derived from the id, loads
         j({"id": "b7", "title": "널", "text": None}),  # null text
         j({"id": "b8", "title": "빈", "text": ""}),
         j({"id": "b9", "title": "공백", "text": "      "}),
@@ -115,10 +114,15 @@ def test_every_record_read_is_accounted_for(dirty_run):
     (n_raw,) = dirty_run.q("SELECT count(*) FROM raw_documents")[0]
     (n_docs,) = dirty_run.q("SELECT count(*) FROM documents")[0]
     assert n_raw == n_docs + sum(EXPECTED_QUARANTINE.values())
-    # 40 good (one of them kept under its duplicate's id) + number-titled + namespace-0 Namuwiki article
-    assert n_docs == 42
-    assert dirty_run.metadata["stages"]["raw_documents"]["extra"] == {"read": n_raw, "loaded": n_raw - 9,
-                                                                       "rejected": 9}
+    # 40 good (one of them kept under its duplicate's id) + number-titled + untitled + namespace-0 Namuwiki article
+    assert n_docs == 43
+    assert dirty_run.metadata["stages"]["raw_documents"]["extra"] == {"read": n_raw, "loaded": n_raw - 8,
+                                                                       "rejected": 8, "title_derived": 1}
+
+
+def test_untitled_record_is_a_document_without_a_title_query(dirty_run):
+    assert dirty_run.q("SELECT title, title_derived FROM documents WHERE doc_id = 'syn:b6'") == [("b6", True)]
+    assert dirty_run.q("SELECT count(*) FROM queries WHERE doc_id = 'syn:b6' AND method = 'title'") == [(0,)]
 
 
 def test_query_file_rejects_are_counted_with_reasons(dirty_run):

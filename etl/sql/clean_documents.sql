@@ -9,12 +9,15 @@
 -- (become paragraph breaks), ## comments, > quotes, * / 1. list markers, ---- rules) and
 -- MediaWiki-style text (= = Section = = headings, {{templates}}, <ref>..</ref>, <tags>).
 --
+-- title_derived: the record had no title and ingest derived one (etl/ingest.py: the url's last path
+-- segment url-decoded, else the id, else the text's first line cut to 80 characters); passed through.
+--
 -- @unique: doc_id
--- @not_null: doc_id, source, title, text
+-- @not_null: doc_id, source, title, text, title_derived
 -- @check: drop_reason IS NOT NULL OR n_chars BETWEEN getvariable('clean_min_chars') AND getvariable('clean_max_chars')
 WITH raw AS (
     SELECT
-        source, file, line_no, orig_id, url, language, namespace,
+        source, file, line_no, orig_id, url, language, namespace, title_derived,
         trim(regexp_replace(nfc_normalize(title), '\s+', ' ', 'g')) AS title,
         -- NFC only where a character outside NFC-stable ranges occurs (ASCII..U+02FF, punctuation,
         -- CJK symbols, CJK ideographs, precomposed Hangul): nfc_normalize costs ~4x this check
@@ -130,7 +133,7 @@ flagged AS (
         source || ':' || base_id || CASE WHEN id_rank > 1 THEN '~' || id_rank ELSE '' END AS doc_id,
         source, orig_id,
         coalesce(url, coalesce(getvariable('source_url_prefix')[source], '') || url_encode(replace(title, ' ', '_'))) AS url,
-        title, language, namespace, raw_text AS text, length(raw_text) AS n_chars, file, line_no,
+        title, title_derived, language, namespace, raw_text AS text, length(raw_text) AS n_chars, file, line_no,
         hash(raw_text) AS text_hash,
         CASE
             WHEN NOT list_contains(getvariable('clean_namespaces'), namespace) THEN 'namespace'
@@ -143,7 +146,7 @@ flagged AS (
     FROM s11
 )
 SELECT
-    doc_id, source, orig_id, url, title, language, namespace, text, n_chars, file, line_no,
+    doc_id, source, orig_id, url, title, title_derived, language, namespace, text, n_chars, file, line_no,
     CASE
         WHEN filter_reason IS NOT NULL THEN filter_reason
         -- exact duplicate texts: the first by (source, file, line) is kept. Grouped by a 64-bit hash and the

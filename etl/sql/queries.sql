@@ -30,10 +30,11 @@ WITH lead AS (
     FROM passages p
     WHERE p.chunk_no = 0
 ),
-title_q AS (
-    SELECT 'title' AS method, title AS query, doc_id, source, passage_id AS positive_passage_id,
+title_q AS (  -- skips documents whose title was derived (documents.title_derived: the record had none)
+    SELECT 'title' AS method, l.title AS query, l.doc_id, l.source, l.passage_id AS positive_passage_id,
            NULL::VARCHAR AS positive_text, true AS positive_fixed
-    FROM lead
+    FROM lead l
+    ANTI JOIN (SELECT doc_id FROM documents WHERE title_derived) dt ON dt.doc_id = l.doc_id
     WHERE list_contains(getvariable('query_methods'), 'title')
 ),
 first_sent AS (  -- the first sentence ending in . ! ? 。 … with >= 10 characters (skips infobox lines)
