@@ -301,10 +301,12 @@ def sql_model(cfg: Config, name: str) -> Path:
     """Path of a SQL model in ``paths.sql`` (the packaged ``etl/sql/`` by default); a clear error if missing."""
     path = cfg.sql_dir / f"{name}.sql"
     if not path.is_file():
-        where = f"paths.sql = {str(cfg.sql_dir)!r}" if cfg.paths.sql else f"the packaged models ({cfg.sql_dir})"
+        if not cfg.paths.sql:
+            raise FileNotFoundError(f"SQL model {name}.sql is missing from the installed package ({cfg.sql_dir}): "
+                                    "the installation is incomplete; reinstall ko-sparse-etl")
         raise FileNotFoundError(
-            f"SQL model {name}.sql not found in {where}; `python -m etl sql --copy DIR` writes a full "
-            "editable copy of the models to DIR")
+            f"SQL model {name}.sql not found in paths.sql = {str(cfg.sql_dir)!r}; `python -m etl sql --copy DIR` "
+            "writes a full editable copy of the packaged models to DIR")
     return path
 
 
