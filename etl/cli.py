@@ -1,4 +1,4 @@
-"""Command line: ``python -m etl {run,validate,stats,report}``."""
+"""Command line: ``python -m etl {run,validate,stats,report,sql}``."""
 
 from __future__ import annotations
 
@@ -89,27 +89,50 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 2
     from .warehouse import Warehouse
 
+    stats_dir = cfg.sql_dir / "stats"
+    files = sorted(stats_dir.glob("*.sql"))
+    if not files:
+        print(f"no stats queries in {stats_dir} (paths.sql = {cfg.paths.sql!r})", file=sys.stderr)
+        return 2
+    if args.names:
+        wanted = set(args.names)
+        files = [f for f in files if f.stem in wanted]
+        missing = wanted - {f.stem for f in files}
+        if missing:
+            print(f"unknown stats: {', '.join(sorted(missing))}", file=sys.stderr)
+            return 2
     wh = Warehouse(cfg)
+    failed: list[str] = []
     try:
-        stats_dir = cfg.sql_dir / "stats"
-        files = sorted(stats_dir.glob("*.sql"))
-        if args.names:
-            wanted = set(args.names)
-            files = [f for f in files if f.stem in wanted]
-            missing = wanted - {f.stem for f in files}
-            if missing:
-                print(f"unknown stats: {', '.join(sorted(missing))}", file=sys.stderr)
-                return 2
+        absent = _missing_layers(wh)
         for f in files:
             print(f"\n== {f.stem} ==")
             try:
                 rel = wh.con.sql(f.read_text(encoding="utf-8").strip().rstrip(";"))
                 print(rel.fetchdf().to_string(index=False) if _has_pandas() else _table(rel))
             except duckdb.Error as exc:
+                failed.append(f.stem)
                 print(f"  (not available: {str(exc).splitlines()[0]})")
     finally:
         wh.close()
+    if failed:
+        why = (_incomplete(cfg, absent) if absent else f"error in {', '.join(failed)} (see above)")
+        print(f"error: {len(failed)} of {len(files)} stats not available: {why}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _missing_layers(wh) -> list[str]:
+    """The pipeline's layers that the warehouse does not hold (a run stopped or failed before them)."""
+    from .pipeline import STAGES
+
+    return [s.name for s in STAGES if not wh.has_layer(s.name)]
+
+
+def _incomplete(cfg, absent: list[str]) -> str:
+    shown = ", ".join(absent[:4]) + (f" and {len(absent) - 4} more" if len(absent) > 4 else "")
+    return (f"the warehouse {cfg.warehouse_dir} is incomplete (no layer {shown}): the last run stopped "
+            "before them; `python -m etl run` finishes it")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -123,10 +146,35 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     wh = Warehouse(cfg)
     try:
+        absent = _missing_layers(wh)
+        if absent:
+            print(f"error: no report: {_incomplete(cfg, absent)}", file=sys.stderr)
+            return 1
         path = write_report(cfg, wh.con, args.out or cfg.export_dir / "report")
     finally:
         wh.close()
     print(f"report: {path}")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Print where the packaged SQL models are, or copy them (``--copy DIR``) for editing."""
+    import shutil
+
+    from .config import DEFAULT_SQL_DIR
+
+    if args.copy is None:
+        print(DEFAULT_SQL_DIR)
+        return 0
+    dest = args.copy.expanduser().resolve()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        print(f"--copy {dest}: exists and is not an empty directory (nothing copied)", file=sys.stderr)
+        return 2
+    shutil.copytree(DEFAULT_SQL_DIR, dest, dirs_exist_ok=True,
+                    ignore=lambda _d, names: [n for n in names if n == "__pycache__"])
+    n = sum(1 for _ in dest.rglob("*.sql"))
+    print(f"copied {n} SQL files to {dest}\nuse them with `paths.sql = \"{dest}\"` under [paths] in your "
+          f"config, or --set paths.sql='{dest}'")
     return 0
 
 
@@ -175,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(rp)
     rp.add_argument("--out", type=Path, help="output directory (default: <export>/report)")
     rp.set_defaults(fn=cmd_report)
+    q = sub.add_parser("sql", help="print the packaged SQL models' directory, or copy them for editing")
+    q.add_argument("--copy", type=Path, metavar="DIR",
+                   help="copy every model (with stats/ and report/) to DIR, then point paths.sql at it")
+    q.set_defaults(fn=cmd_sql)
     return ap
 
 

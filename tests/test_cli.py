@@ -125,3 +125,58 @@ def test_entry_point_module_runs(tmp_path):
     assert res.returncode == 0
     for cmd in ("run", "validate", "stats"):
         assert cmd in res.stdout
+
+
+def test_stats_and_report_on_an_incomplete_warehouse_exit_1_naming_it(small_config, tmp_path):
+    res = run_cli(["run", "--config", str(small_config), "--until", "passages"])
+    assert res.returncode == 0, res.stderr
+    stats = run_cli(["stats", "--config", str(small_config)])
+    assert stats.returncode == 1
+    assert "incomplete" in stats.stderr and "queries" in stats.stderr and str(tmp_path / "wh") in stats.stderr
+    assert "python -m etl run" in stats.stderr
+    # a stats query over layers that exist works, and exits 0
+    ok = run_cli(["stats", "--config", str(small_config), "quarantine_reasons"])
+    assert ok.returncode == 0, ok.stderr
+    report = run_cli(["report", "--config", str(small_config)])
+    assert report.returncode == 1
+    assert "no report" in report.stderr and "incomplete" in report.stderr
+    assert not (tmp_path / "out" / "report").exists()
+
+
+def test_report_without_a_warehouse(tmp_path):
+    res = run_cli(["report", "--set", f"paths.warehouse='{tmp_path / 'wh'}'"])
+    assert res.returncode == 2
+    assert "no warehouse" in res.stderr
+
+
+def test_sql_copy_is_used_through_paths_sql(tmp_path):
+    write_jsonl(tmp_path / "in" / "a.jsonl", make_articles(4, sentences=10))
+    write_jsonl(tmp_path / "in" / "b.jsonl", make_articles(3, sentences=10, start=10))
+    cfg = write_config(tmp_path / "cfg.toml", warehouse=tmp_path / "wh", export=tmp_path / "out",
+                       sources=[("a", [str(tmp_path / "in" / "a.jsonl")]), ("b", [str(tmp_path / "in" / "b.jsonl")])])
+    copy = tmp_path / "my_sql"
+    res = run_cli(["sql", "--copy", str(copy)])
+    assert res.returncode == 0, res.stderr
+    assert f"paths.sql = \"{copy}\"" in res.stdout
+    from etl.config import DEFAULT_SQL_DIR
+
+    packaged = sorted(p.relative_to(DEFAULT_SQL_DIR) for p in DEFAULT_SQL_DIR.rglob("*.sql"))
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*.sql")) == packaged
+    assert run_cli(["sql", "--copy", str(copy)]).returncode == 2  # not over an existing copy
+    model = copy / "documents.sql"
+    model.write_text(model.read_text(encoding="utf-8").rstrip() + "\n  AND source <> 'b'\n", encoding="utf-8")
+
+    def sources(*extra: str) -> list[str]:
+        res = run_cli(["run", "--config", str(cfg), "--until", "documents", *extra])
+        assert res.returncode == 0, res.stderr
+        import duckdb
+
+        layer = tmp_path / "wh" / "layers" / "documents.parquet"
+        return [r[0] for r in duckdb.sql(f"SELECT DISTINCT source FROM '{layer}' ORDER BY 1").fetchall()]
+
+    assert sources() == ["a", "b"]
+    assert sources("--set", f"paths.sql='{copy}'") == ["a"]  # the edited copy ran
+    (copy / "passages.sql").unlink()
+    res = run_cli(["run", "--config", str(cfg), "--set", f"paths.sql='{copy}'", "--until", "passages"])
+    assert res.returncode == 1
+    assert "passages.sql not found" in res.stderr and str(copy) in res.stderr and "sql --copy" in res.stderr

@@ -1,5 +1,6 @@
 -- Layer query_embeddings: the e5 "query: " embedding of every query, and for queries whose positive
 -- is a modified passage (first_sentence: the sentence removed) the "passage: " embedding of that text.
+-- Cache key as in passage_embeddings.sql: sha256(embedding_cache_key || e5 input).
 -- @unique: query_id
 -- @not_null: query_id, embedding
 -- @check: len(embedding) = getvariable('embedding_dim')
@@ -7,8 +8,9 @@
 WITH todo AS (
     SELECT q.query_id, q.query, q.positive_text, cq.embedding AS cached_q, cp.embedding AS cached_p
     FROM queries q
-    LEFT JOIN embedding_cache cq ON cq.text_hash = sha256('query: ' || q.query)
-    LEFT JOIN embedding_cache cp ON q.positive_text IS NOT NULL AND cp.text_hash = sha256('passage: ' || q.positive_text)
+    LEFT JOIN embedding_cache cq ON cq.text_hash = sha256(getvariable('embedding_cache_key') || 'query: ' || q.query)
+    LEFT JOIN embedding_cache cp ON q.positive_text IS NOT NULL
+         AND cp.text_hash = sha256(getvariable('embedding_cache_key') || 'passage: ' || q.positive_text)
     ORDER BY length(q.query), q.query_id
 )
 SELECT query_id,
