@@ -9,7 +9,7 @@ Teachers (``teacher.kind``):
 * ``cross_encoder`` — a sentence-transformers ``CrossEncoder`` (local path or hub name) scores
   (query, doc) pairs; its default activation gives scores in [0, 1] for one-label rerankers.
 * ``ensemble`` — both, each min-max normalized over the query's scored candidates, then averaged:
-  the OpenSearch sample's own teacher recipe (REFERENCE.md section 1).
+  the OpenSearch sample's own teacher recipe (docs/quality.md).
 """
 
 from __future__ import annotations
@@ -109,22 +109,6 @@ def load_cross_encoder(name: str, device: str = "auto", fp16: bool = True) -> An
             model.model.half()
         _MODELS[key] = model
     return _MODELS[key]
-
-
-def minmax_per_query(query_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Scores min-max normalized to [0, 1] within each query (a constant group maps to 0.5)."""
-    out = np.empty_like(scores, dtype=np.float64)
-    if len(scores) == 0:
-        return out
-    _, inverse = np.unique(query_ids, return_inverse=True)
-    lo = np.full(inverse.max() + 1, np.inf)
-    hi = np.full(inverse.max() + 1, -np.inf)
-    np.minimum.at(lo, inverse, scores)
-    np.maximum.at(hi, inverse, scores)
-    span = hi[inverse] - lo[inverse]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(span > 0, (scores - lo[inverse]) / np.where(span > 0, span, 1.0), 0.5)
-    return out
 
 
 def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True,

@@ -26,7 +26,6 @@ from tiny_models import build_tiny_cross_encoder, build_tiny_embedder  # noqa: E
 from etl.config import load_config  # noqa: E402
 from etl.embed import prepare_text  # noqa: E402
 from etl.pipeline import run_pipeline  # noqa: E402
-from etl.teacher import minmax_per_query  # noqa: E402
 
 # ---- runs ------------------------------------------------------------------------------------
 
@@ -159,42 +158,16 @@ def test_ensemble_is_the_mean_of_minmax_normalized_bi_and_ce(teacher_runs):
 
 
 def test_ensemble_and_cross_encoder_share_the_candidates(teacher_runs):
+    # round 1 (positives, draws, the first max_candidates hard ones) is the same for both; which
+    # queries get deeper rounds depends on each teacher's scores, so hard rows may differ beyond it
     ce = {(r["query_id"], r["passage_id"]): r for r in teacher_runs["cross_encoder"]["teacher_scores"]}
     ens = {(r["query_id"], r["passage_id"]): r for r in teacher_runs["ensemble"]["teacher_scores"]}
-    assert ce.keys() == ens.keys()
-    for key, r in ens.items():
+    assert {k for k, r in ce.items() if r["role"] != "hard"} == {k for k, r in ens.items() if r["role"] != "hard"}
+    common = ce.keys() & ens.keys()
+    assert len(common) > 0.8 * max(len(ce), len(ens))
+    for key in common:
+        r = ens[key]
         assert r["ce_score"] == pytest.approx(ce[key]["ce_score"], abs=1e-6)
         assert r["bi_score"] == ce[key]["bi_score"]
 
 
-# ---- minmax_per_query ------------------------------------------------------------------------
-
-def test_minmax_per_query_basic():
-    q = np.array(["a", "a", "a", "b", "b"], dtype=object)
-    s = np.array([1.0, 3.0, 2.0, -5.0, 5.0])
-    np.testing.assert_allclose(minmax_per_query(q, s), [0.0, 1.0, 0.5, 0.0, 1.0])
-
-
-def test_minmax_per_query_interleaved_and_constant_groups():
-    q = np.array(["b", "a", "c", "b", "a", "c"], dtype=object)
-    s = np.array([10.0, 0.2, 7.0, 20.0, 0.4, 7.0])
-    out = minmax_per_query(q, s)
-    np.testing.assert_allclose(out, [0.0, 0.0, 0.5, 1.0, 1.0, 0.5])  # constant group c -> 0.5
-    assert out.dtype == np.float64
-
-
-def test_minmax_per_query_single_row_and_empty():
-    np.testing.assert_allclose(minmax_per_query(np.array(["x"], dtype=object), np.array([3.0])), [0.5])
-    assert minmax_per_query(np.array([], dtype=object), np.array([], dtype=np.float64)).shape == (0,)
-
-
-def test_minmax_per_query_is_invariant_to_shift_and_positive_scale():
-    rng = np.random.default_rng(0)
-    q = rng.integers(0, 7, size=200).astype(str).astype(object)
-    s = rng.normal(size=200)
-    base = minmax_per_query(q, s)
-    np.testing.assert_allclose(minmax_per_query(q, s * 4.0 + 11.0), base, atol=1e-12)
-    assert base.min() >= 0.0 and base.max() <= 1.0
-    for g in np.unique(q):
-        part = base[q == g]
-        assert part.min() == 0.0 and part.max() == 1.0
