@@ -78,6 +78,11 @@ class ValidationReport:
         """True when no record broke a rule."""
         return self.total_violations == 0 and self.records > 0
 
+    def summary(self) -> dict[str, object]:
+        """For metadata.json: ``{"records", "violations" (count), "first_violations" (listed ones)}``."""
+        return {"records": self.records, "violations": self.total_violations,
+                "first_violations": list(self.violations)}
+
 
 def _is_number(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
