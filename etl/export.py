@@ -21,11 +21,12 @@ directory, so on the same file system) and validated there:
 
 A run killed in between leaves one of a few states, which :func:`recover_export` (called at the
 start of every run, under the warehouse lock) resolves before any stage reads the export: a
-``.staging`` without ``.old`` was not yet validated and is deleted (the export is untouched); a
-``.old`` next to a ``.staging`` means the swap had begun after validation, and it is finished; a
-``.old`` next to the new export is the deleted-to-be previous one. A reader who looks before that
-run finds the previous export whole in ``<export>.old`` and the new one whole in
-``<export>.staging``.
+``.staging`` without ``.old`` had not begun its swap and is deleted (the export is untouched, and
+the next export builds it again); a ``.old`` next to a ``.staging`` means the swap had begun, which
+only happens after validation, and it is finished; a ``.old`` next to the export is the previous
+one, half deleted, and goes. A reader who looks before that run finds the previous export whole in
+``<export>.old`` and the new one whole in ``<export>.staging``. The export's state file
+(``state/export.json``) is written after the swap, so an interrupted export is never taken as fresh.
 """
 
 from __future__ import annotations
