@@ -35,7 +35,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("--shard embeds into the embedding cache: it needs embedding.cache = true", file=sys.stderr)
             return 2
     print(f"warehouse: {cfg.warehouse_dir}\nexport:    {cfg.export_dir}")
-    meta = run_pipeline(cfg, force=args.force, until=args.until, shard=shard)
+    from .export import ExportValidationError
+
+    try:
+        meta = run_pipeline(cfg, force=args.force, until=args.until, shard=shard)
+    except ExportValidationError as exc:  # exit 1, like `validate` on a bad file
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if "total_queries" not in meta:
         return 0
     print(f"\n{meta['total_queries']:,} records ({meta['train_samples']:,} train / {meta['val_samples']:,} val), "

@@ -1,34 +1,131 @@
 """Export: ``train.jsonl``, ``val.jsonl``, ``metadata.json``, ``datasets/`` and ``report/`` from ``examples``.
 
 JSONL is written by DuckDB (``COPY ... (FORMAT JSON)``: UTF-8, Korean not escaped, keys in the
-order query, docs, scores), ordered by query_id, to temporary names renamed when complete; scores
-are DOUBLE rounded in ``examples.sql``. The ``examples`` layer holds passage ids, not
-texts: ``etl/sql/export_records.sql`` joins the texts one batch of ``export.batch_records`` records at
-a time. Every export is validated before the run reports success.
-The ``embeddings/`` directory (npy + id files + usearch index) is written by the neighbours stage;
-``datasets/{train,val}`` (``save_to_disk``, when the ``datasets`` package is installed) by
-:mod:`etl.hfexport`; ``report/`` (report.md + plots) by :mod:`etl.report`.
+order query, docs, scores), ordered by query_id; scores are DOUBLE rounded in ``examples.sql``. The
+``examples`` layer holds passage ids, not texts: ``etl/sql/export_records.sql`` joins the texts one
+batch of ``export.batch_records`` records at a time.
+The ``embeddings/`` directory (npy + id files + usearch index) is written into the export directory
+by the neighbours stage; ``datasets/{train,val}`` (``save_to_disk``, when the ``datasets`` package
+is installed) by :mod:`etl.hfexport`; ``report/`` (report.md + plots) by :mod:`etl.report`.
+
+The export is atomic as a whole. It is built in ``<export>.staging/`` (a sibling of the export
+directory, so on the same file system) and validated there:
+
+* valid: the staged export is swapped in. (1) ``<export>`` is renamed to ``<export>.old``, (2)
+  every entry of it the export does not write itself (``embeddings/``, anything a user put there)
+  is moved into the staged directory, (3) ``<export>.staging`` is renamed to ``<export>``, (4)
+  ``<export>.old`` is deleted; a stale ``<export>.rejected/`` is removed.
+* invalid: ``<export>`` is not touched; the staged export, with a ``metadata.json`` whose
+  ``"validation"`` lists the violations, replaces ``<export>.rejected/``, and
+  :class:`ExportValidationError` is raised (``python -m etl run`` exits 1).
+
+A run killed in between leaves one of a few states, which :func:`recover_export` (called at the
+start of every run, under the warehouse lock) resolves before any stage reads the export: a
+``.staging`` without ``.old`` had not begun its swap and is deleted (the export is untouched, and
+the next export builds it again); a ``.old`` next to a ``.staging`` means the swap had begun, which
+only happens after validation, and it is finished; a ``.old`` next to the export is the previous
+one, half deleted, and goes. A reader who looks before that run finds the previous export whole in
+``<export>.old`` and the new one whole in ``<export>.staging``. The export's state file
+(``state/export.json``) is written after the swap, so an interrupted export is never taken as fresh.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from .validate import validate_file
+from . import validate as validate_mod
+from .hfexport import count_records, export_datasets
+from .validate import ValidationReport, validate_file
 from .warehouse import atomic_write_text, sha
 
 if TYPE_CHECKING:
     from .pipeline import Context
 
+# What the export writes into the export directory; everything else there (embeddings/, written by
+# the neighbours stage) is carried over from the previous export when a new one is swapped in.
+EXPORT_OUTPUTS = frozenset({"train.jsonl", "val.jsonl", "metadata.json", "datasets", "report"})
+SPLITS = ("train", "val")
+
+
+def staging_dir(out: Path) -> Path:
+    """Where the next export is built and validated: ``<export>.staging``."""
+    return out.with_name(out.name + ".staging")
+
+
+def rejected_dir(out: Path) -> Path:
+    """Where an export that failed validation is kept: ``<export>.rejected``."""
+    return out.with_name(out.name + ".rejected")
+
+
+def old_dir(out: Path) -> Path:
+    """The previous export while a new one is swapped in: ``<export>.old``."""
+    return out.with_name(out.name + ".old")
+
 
 class ExportValidationError(RuntimeError):
-    """The export broke the output format."""
+    """The export broke the output format; it was kept in ``rejected`` and the previous export is unchanged."""
+
+    def __init__(self, message: str, rejected: Path, reports: list[ValidationReport]):
+        super().__init__(message)
+        self.rejected = rejected
+        self.reports = reports
+
+
+class ExportRecoveryError(RuntimeError):
+    """The export directories are in a state no interrupted run leaves; a person has to decide."""
+
+
+def _finish_swap(out: Path, staging: Path, old: Path) -> None:
+    """Steps 2-4 of the swap: carry the entries the export does not write from ``old``, rename, delete."""
+    for entry in sorted(old.iterdir()):
+        if entry.name not in EXPORT_OUTPUTS and not (staging / entry.name).exists():
+            os.replace(entry, staging / entry.name)
+    os.replace(staging, out)
+    shutil.rmtree(old)
+
+
+def _swap_in(out: Path, staging: Path) -> None:
+    """Put the validated ``staging`` directory at ``out``, keeping the entries of ``out`` the export does not write."""
+    old = old_dir(out)
+    if out.exists():
+        os.replace(out, old)
+        _finish_swap(out, staging, old)
+    else:
+        os.replace(staging, out)
+
+
+def recover_export(out: Path) -> str | None:
+    """Resolve what a run killed during the export left beside ``out``; say what was done (None: nothing).
+
+    Must run before any stage reads ``out`` (the neighbours stage's ``embeddings/`` may sit in
+    ``<export>.old`` after a crash during the swap). See the module docstring for the states.
+    """
+    out = Path(out)
+    staging, old = staging_dir(out), old_dir(out)
+    if old.exists():
+        if staging.exists() and out.exists():
+            raise ExportRecoveryError(
+                f"{out}, {old} and {staging} all exist, which no interrupted run leaves: keep the one "
+                f"you want as {out} and remove the others")
+        if staging.exists():
+            _finish_swap(out, staging, old)
+            return f"finished swapping in the validated export {staging} (the run was interrupted)"
+        if out.exists():
+            shutil.rmtree(old)
+            return f"removed the previous export {old} (the run was interrupted while deleting it)"
+        os.replace(old, out)
+        return f"restored the previous export from {old}"
+    if staging.exists():
+        shutil.rmtree(staging)
+        return f"removed the unfinished export {staging}"
+    return None
 
 
 def _copy_jsonl(ctx: Context, split: str, path: Path) -> int:
@@ -90,47 +187,136 @@ def _stats(ctx: Context) -> dict[str, Any]:
     }
 
 
+def _validate(files: list[Path], n_docs: int) -> list[ValidationReport]:
+    """Validate the non-empty JSONL files (a small corpus can give an empty ``val.jsonl``)."""
+    return [validate_file(p, min_docs=n_docs, max_docs=n_docs) for p in files if p.stat().st_size > 0]
+
+
+def _validation_meta(reports: list[ValidationReport], where: Path) -> dict[str, Any]:
+    """``{"<where>/train.jsonl": {"records", "violations", "first_violations"}, ...}``."""
+    return {str(where / Path(r.path).name): r.summary() for r in reports}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _datasets_present(ctx: Context, out: Path, meta: dict[str, Any]) -> bool:
+    """The previous export's ``datasets/`` is still what this config asks for."""
+    if not ctx.cfg.export.datasets:
+        return True
+    summary = meta.get("datasets")
+    if not isinstance(summary, dict):
+        return False
+    if "splits" in summary:
+        return all((out / "datasets" / split).is_dir() for split, info in summary["splits"].items()
+                   if isinstance(info, dict) and "rows" in info)
+    import importlib.util
+
+    return importlib.util.find_spec("datasets") is None  # was skipped for want of the package: still so
+
+
 def export(ctx: Context, force: bool = False, started: float | None = None,
            log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write the dataset files (skipped when fresh), validate them, write metadata.json."""
+    """Write the export (skipped when fresh), atomically as a whole, and return its metadata.
+
+    A fresh export (same inputs, SQL, validator and settings, files present and valid) is kept and
+    only its metadata.json rewritten. Otherwise the export is built in ``<export>.staging``,
+    validated, and swapped in; when it fails validation it goes to ``<export>.rejected`` instead and
+    :class:`ExportValidationError` is raised, leaving the previous export as it was.
+    """
     cfg, con = ctx.cfg, ctx.wh.con
     out = cfg.export_dir
-    out.mkdir(parents=True, exist_ok=True)
-    train, val = out / "train.jsonl", out / "val.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recover_export(out)  # the run did this before its stages; a no-op unless export() is called alone
     records_sql = (cfg.sql_dir / "export_records.sql").read_text(encoding="utf-8")
     fp = sha("export", ctx.wh.fingerprint("examples"), ctx.wh.fingerprint("passages"),
-             ctx.wh.fingerprint("queries"), records_sql, str(out))
+             ctx.wh.fingerprint("queries"), records_sql, str(out), inspect.getsource(validate_mod),
+             f"datasets={cfg.export.datasets}")
     state = ctx.wh.state_dir / "export.json"
-    fresh = (not force and state.exists() and train.exists() and val.exists()
-             and json.loads(state.read_text(encoding="utf-8")).get("fingerprint") == fp)
-    t0 = time.perf_counter()
-    if fresh:
-        n_train = sum(1 for _ in open(train, "rb"))
-        n_val = sum(1 for _ in open(val, "rb"))
-        log(f"  {'export':<20} {n_train + n_val:>10,} rows  skipped (fresh)")
-    else:
-        n_train = _copy_jsonl(ctx, "train", train)
-        n_val = _copy_jsonl(ctx, "val", val)
-        log(f"  {'export':<20} {n_train + n_val:>10,} rows  {time.perf_counter() - t0:7.1f}s")
     n_docs = cfg.docs_per_query
-    reports = [validate_file(p, min_docs=n_docs, max_docs=n_docs) for p in (train, val)
-               if p.stat().st_size > 0]
-    bad = [r for r in reports if not r.ok]
-    if bad:
-        msg = "\n".join(v for r in bad for v in r.violations)
-        raise ExportValidationError(f"export failed validation:\n{msg}")
+    files = [out / f"{split}.jsonl" for split in SPLITS]
+    old_meta = _read_json(out / "metadata.json") or {}
+    fresh = (not force and all(f.exists() for f in files) and "report" in old_meta
+             and (out / "report" / "report.md").exists() and _datasets_present(ctx, out, old_meta)
+             and (_read_json(state) or {}).get("fingerprint") == fp)
+    t0 = time.perf_counter()
+    reports: list[ValidationReport] = []
+    if fresh:
+        reports = _validate(files, n_docs)
+        fresh = all(r.ok for r in reports)  # edited by hand since: build it again
+    if fresh:
+        n_train, n_val = (count_records(f) for f in files)
+        log(f"  {'export':<20} {n_train + n_val:>10,} rows  skipped (fresh)")
+        build = out
+    else:
+        build = staging_dir(out)
+        shutil.rmtree(build, ignore_errors=True)
+        build.mkdir()
+        n_train, n_val = (_copy_jsonl(ctx, split, build / f"{split}.jsonl") for split in SPLITS)
+        log(f"  {'export':<20} {n_train + n_val:>10,} rows  {time.perf_counter() - t0:7.1f}s")
+        reports = _validate([build / f"{split}.jsonl" for split in SPLITS], n_docs)
+    meta = _metadata(ctx, n_train, n_val, started)
+    if not all(r.ok for r in reports):
+        _reject(out, build, meta, reports)
+    meta["validation"] = _validation_meta(reports, out)
+
+    from .report import write_report
+
+    if fresh:
+        for key in ("datasets", "report"):
+            if key in old_meta:
+                meta[key] = old_meta[key]
+    else:
+        meta["datasets"] = (export_datasets(build, final_dir=out) if cfg.export.datasets
+                            else {"skipped": "export.datasets = false"})
+        write_report(cfg, con, build / "report")
+        meta["report"] = str(out / "report" / "report.md")
+    atomic_write_text(build / "metadata.json", _dumps(meta))
     if not fresh:
+        _swap_in(out, build)
         atomic_write_text(state, json.dumps({"fingerprint": fp}))
+    shutil.rmtree(rejected_dir(out), ignore_errors=True)  # stale: this export passed
+    return meta
+
+
+def _dumps(meta: dict[str, Any]) -> str:
+    return json.dumps(meta, ensure_ascii=False, indent=2, default=str)
+
+
+def _reject(out: Path, build: Path, meta: dict[str, Any], reports: list[ValidationReport]) -> NoReturn:
+    """Keep the failed export in ``<export>.rejected`` (replacing an older one) and raise."""
+    rejected = rejected_dir(out)
+    bad = [r for r in reports if not r.ok]
+    total = sum(r.total_violations for r in bad)
+    meta["validation"] = _validation_meta(reports, rejected)
+    meta["rejected"] = {"reason": f"failed validation: {total:,} violations", "previous_export": str(out)}
+    atomic_write_text(build / "metadata.json", _dumps(meta))
+    shutil.rmtree(rejected, ignore_errors=True)
+    os.replace(build, rejected)
+    first = "\n".join(f"  {v}" for r in bad for v in r.violations[:5])
+    raise ExportValidationError(
+        f"export failed validation ({total:,} violations); the previous export {out} is unchanged, "
+        f"the rejected one is in {rejected} (violations in its metadata.json); first ones:\n{first}",
+        rejected, reports)
+
+
+def _metadata(ctx: Context, n_train: int, n_val: int, started: float | None) -> dict[str, Any]:
+    """metadata.json without ``validation``, ``datasets`` and ``report``."""
     from .pipeline import now_iso
 
-    stats = _stats(ctx)
+    cfg = ctx.cfg
     stages = {name: {"rows": r.rows, "seconds": round(r.seconds, 3), "skipped": r.skipped,
                      **({"extra": r.extra} if r.extra else {})} for name, r in ctx.results.items()}
-    meta = {
+    return {
         "total_queries": n_train + n_val,
         "train_samples": n_train,
         "val_samples": n_val,
-        "docs_per_query": n_docs,
+        "docs_per_query": cfg.docs_per_query,
         "embedding_model": cfg.embedding.model,
         "source_datasets": [s.name for s in cfg.sources],
         "created_at": now_iso(),
@@ -140,21 +326,8 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
                                         "related": cfg.negatives.related, "easy": cfg.negatives.easy},
                    "score_scale": f"teacher cosine similarity min-max normalized per record x {cfg.scoring.scale}"},
         "stages": stages,
-        **stats,
-        "validation": {r.path: {"records": r.records, "violations": r.total_violations} for r in reports},
+        **_stats(ctx),
+        "validation": None,  # set by the caller
         "wall_seconds": round(time.perf_counter() - started, 2) if started else None,
         "config": cfg.to_dict(),
     }
-    from .hfexport import export_datasets
-
-    if not cfg.export.datasets:
-        meta["datasets"] = {"skipped": "export.datasets = false"}
-    elif not fresh or not (out / "datasets" / "train").exists():
-        meta["datasets"] = export_datasets(out)
-    report_md = out / "report" / "report.md"
-    if not fresh or not report_md.exists():
-        from .report import write_report
-
-        meta["report"] = str(write_report(cfg, con, out / "report"))
-    atomic_write_text(out / "metadata.json", json.dumps(meta, ensure_ascii=False, indent=2, default=str))
-    return meta

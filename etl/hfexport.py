@@ -1,7 +1,7 @@
 """Export ``train.jsonl`` / ``val.jsonl`` as Hugging Face ``datasets`` directories.
 
 The OpenSearch sparse-model tuning sample does not read JSONL: its loader calls
-``datasets.Dataset.load_from_disk(path)`` (REFERENCE.md section 1). This module does the
+``datasets.Dataset.load_from_disk(path)``. This module does the
 ``Dataset.from_json(...).save_to_disk(...)`` step for the user, writing::
 
     <export_dir>/datasets/train     load_from_disk-able, features query / docs / scores
@@ -9,8 +9,9 @@ The OpenSearch sparse-model tuning sample does not read JSONL: its loader calls
 
 Features are fixed: ``query`` string, ``docs`` list of strings, ``scores`` list of float64 (the
 features of the published MS MARCO distillation set). Each split is saved to a temporary directory
-and renamed over the previous one, so a reader never sees a half-written split. A split whose JSONL
-file holds no records (a small corpus can give an empty ``val.jsonl``) is skipped and reported, and
+and renamed over the previous one, so a reader never sees a half-written split (the pipeline's
+export builds ``datasets/`` in its staging directory and swaps the whole export in). A split whose
+JSONL file holds no records (a small corpus can give an empty ``val.jsonl``) is skipped and reported, and
 a stale directory from an earlier export is removed. ``datasets`` is optional (``pip install -e
 '.[hf]'``): without it the export is skipped with a message rather than failing.
 """
@@ -78,12 +79,13 @@ def _swap_in(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
-def export_datasets(export_dir: Path) -> dict[str, Any]:
+def export_datasets(export_dir: Path, final_dir: Path | None = None) -> dict[str, Any]:
     """Convert ``train.jsonl`` and ``val.jsonl`` in ``export_dir`` into ``export_dir/datasets/{train,val}``.
 
     Returns a summary for metadata.json: ``{"path": ..., "features": ..., "splits": {"train":
     {"rows": n, "path": ...}, "val": {"skipped": "..."}}}``, or ``{"skipped": reason}`` when the
-    ``datasets`` package is not installed.
+    ``datasets`` package is not installed. Its paths name ``final_dir`` instead of ``export_dir``
+    when given (the export builds in a staging directory that is renamed to the export directory).
     """
     try:
         import datasets
@@ -94,8 +96,9 @@ def export_datasets(export_dir: Path) -> dict[str, Any]:
     root = export_dir / "datasets"
     root.mkdir(parents=True, exist_ok=True)
     features = _features(datasets)
+    shown = Path(final_dir) / "datasets" if final_dir is not None else root
     summary: dict[str, Any] = {
-        "path": str(root),
+        "path": str(shown),
         "features": {"query": "string", "docs": "list<string>", "scores": "list<float64>"},
         "splits": {},
     }
@@ -123,7 +126,7 @@ def export_datasets(export_dir: Path) -> dict[str, Any]:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
                 shutil.rmtree(cache, ignore_errors=True)
-            summary["splits"][split] = {"rows": n, "path": str(final)}
+            summary["splits"][split] = {"rows": n, "path": str(shown / split)}
     finally:
         if bars_were_on:
             _progress_bars(datasets, enable=True)

@@ -508,6 +508,9 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, until: str | None 
     wh = Warehouse(cfg)
     try:
         ctx = Context(cfg, wh)
+        recovered = export_mod.recover_export(cfg.export_dir)  # before any stage reads export/embeddings
+        if recovered:
+            log(f"recovered export: {recovered}")
         _remove_stale_tmp(cfg)
         for stage in STAGES:
             if shard is not None and stage.embeds:

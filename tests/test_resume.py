@@ -81,7 +81,7 @@ KILL_POINTS = {
                                 lambda d: not state(d, "query_embeddings").exists(), "passage_embeddings"),
     "export_start": (lambda d: state(d, "examples").exists(),
                      lambda d: not (d.export / "metadata.json").exists(), STAGES[-1].name),
-    "export_after_train_jsonl": (lambda d: (d.export / "train.jsonl").exists(),
+    "export_after_train_jsonl": (lambda d: (d.export.with_name(d.export.name + ".staging") / "train.jsonl").exists(),
                                  lambda d: not (d.export / "metadata.json").exists(), STAGES[-1].name),
 }
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from etl_helpers import write_lines
 
-from etl.validate import check_record, validate_file
+from etl.validate import check_record, normalized_text_key, validate_file
 
 
 def good_record(n: int = 8) -> dict:
@@ -69,6 +69,16 @@ RULES = [
     ("whitespace_doc", bad(docs=["문서", "  \n"] + [f"d{i}" for i in range(6)]),
      "docs must be a list of non-empty strings"),
     ("duplicate_docs", bad(docs=["같은 문서"] * 2 + [f"d{i}" for i in range(6)]), "duplicate doc texts in one record"),
+    # the same passage text twice, once with other line breaks / spacing / case (overlapping paragraphs)
+    ("duplicate_docs_whitespace", bad(docs=["서울은 수도이다.\n\n인구가 많다.", "d1", "d2",
+                                             "서울은 수도이다. 인구가  많다.", "d4", "d5", "d6", "d7"]),
+     "docs[0] (positive) = docs[3] (equal after NFC, lower-case, whitespace removed)"),
+    ("duplicate_negatives_case", bad(docs=["문서", "d1", "Seoul Tower 타워", "d3", "d4", "d5",
+                                            "SEOUL\tTOWER 타워", "d7"]),
+     "docs[2] = docs[6] (equal after NFC, lower-case, whitespace removed)"),
+    ("duplicate_docs_nfd", bad(docs=["한국어 문서", "\u1112\u1161\u11ab\u1100\u116e\u11a8\u110b\u1165 문서"]
+                                     + [f"d{i}" for i in range(6)]),
+     "docs[0] (positive) = docs[1] (equal after NFC"),
     ("empty_query", bad(query="   "), "query must be a non-empty string"),
     ("string_scores", bad(scores=["30"] * 8), "scores must be a list of numbers"),
     ("bool_scores", bad(scores=[True] * 8), "scores must be a list of numbers"),
@@ -139,3 +149,39 @@ def test_check_record_exact_docs_window():
     rec = good_record(8)
     assert check_record(rec, 8, 8) == []
     assert check_record(rec, 10, 12) == ["8 docs, expected between 10 and 12"]
+
+
+def test_every_duplicate_pair_of_a_record_is_named_in_one_violation(tmp_path):
+    rec = bad(docs=["가 나", "d1", "가나", "d3", "D1", "d5", "d6", "d7"])
+    rep = validate_one(tmp_path, dumps(rec))
+    assert rep.total_violations == 1
+    assert rep.violations[0].endswith("docs[0] (positive) = docs[2] (equal after NFC, lower-case, whitespace removed); "
+                                      "docs[1] = docs[4] (equal after NFC, lower-case, whitespace removed)")
+
+
+def test_docs_differing_beyond_whitespace_and_case_are_distinct(tmp_path):
+    rec = bad(docs=["서울 타워", "서울 타워.", "서울\u00a0타워", "서울\u3000타워", "서울\v타워", "d5", "d6", "d7"])
+    rep = validate_one(tmp_path, dumps(rec))
+    assert rep.ok, rep.violations  # NBSP, U+3000 and \v are not \s for the SQL either
+
+
+def test_normalized_text_key_is_the_sql_rule_for_every_code_point():
+    """Python's key = DuckDB's lower(regexp_replace(nfc_normalize(t), '\\s+', '', 'g')) for every code point
+    (between a letter and a word-final capital sigma, so combining marks compose and Σ is word-final)."""
+    import duckdb
+
+    con = duckdb.connect()
+    rows = con.execute(
+        r"SELECT c, lower(regexp_replace(nfc_normalize('A' || chr(c::INTEGER) || ' Σ'), '\s+', '', 'g')) "
+        "FROM range(1, 1114112) t(c) WHERE c < 55296 OR c > 57343").fetchall()
+    con.close()
+    assert len(rows) == 1112063
+    differ = [hex(c) for c, sql_key in rows if normalized_text_key("A" + chr(c) + " Σ") != sql_key]
+    assert differ == []
+
+
+def test_normalized_text_key_examples():
+    assert normalized_text_key(" Seoul\t\r\n\f타워 ") == "seoul타워"
+    assert normalized_text_key("İSTANBUL ΟΔΟΣ") == "istanbulοδοσ"  # DuckDB's lower: i, and σ even word-final
+    assert normalized_text_key("\u1112\u1161\u11ab") == "한"  # NFC
+    assert normalized_text_key("a\u00a0b\u3000c\vd") == "a\u00a0b\u3000c\vd"
