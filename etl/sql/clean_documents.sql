@@ -49,7 +49,7 @@ s1 AS (  -- NamuMark {{{...}}} (each step only on texts that contain '{{{'):
     --   opener line dropped), {{{+1 ...}}} / {{{-1 ...}}} sizes, {{{#red ...}}} / {{{#fff,#000 ...}}} colours (CSS colour
     --   names or hex), {{{#!html ...}}} (the opener token dropped, the tags go in s9): the opener goes here, '}}}' in s3;
     -- * literals, kept verbatim and not read as markup: {{{#!syntax lang ...}}} code (the text between the opener line
-    --   and '}}}') and every other {{{...}}} ({{{std::string}}}, {{{[[not a link]]}}}, {{{#conda install <x>}}}). Each is
+    --   and a line break before '}}}') and every other {{{...}}} ({{{std::string}}}, {{{[[not a link]]}}}, {{{#conda install <x>}}}). Each is
     --   cut out between the sentinels U+FDD0 / U+FDD1 and its markup characters are swapped (translate) for the
     --   noncharacters U+FDD2..U+FDE2, which no later rule matches; s12 swaps them back. (raw removes noncharacters from
     --   the input, so none is mistaken for one of these.)
@@ -59,7 +59,7 @@ s1 AS (  -- NamuMark {{{...}}} (each step only on texts that contain '{{{'):
                            || split_part(p, chr(64977), 2)
                       ELSE p END), '') ELSE s2b END AS raw_text)
     FROM (SELECT *, CASE WHEN lit THEN regexp_replace(s2a,
-        '(?s)\{\{\{#!syntax(?:[ \t]+[^ \t\n]*)?[ \t]*\n?(.*?)\}\}\}|\{\{\{(.*?)\}\}\}', chr(64976) || '\1\2' || chr(64977), 'g')
+        '(?s)\{\{\{#!syntax(?:[ \t]+[^ \t\n]*)?[ \t]*\n?(.*?)\n?\}\}\}|\{\{\{(.*?)\n?\}\}\}', chr(64976) || '\1\2' || chr(64977), 'g')
         ELSE s2a END AS s2b
     FROM (SELECT *, CASE WHEN lit THEN regexp_replace(raw_text,
         '\{\{\{#!(?:wiki|folding|style)[^\n]*|\{\{\{#!html|\{\{\{[+-][1-5]\s?|\{\{\{(?:#(?:[0-9A-Fa-f]{8}|[0-9A-Fa-f]{6}|[0-9A-Fa-f]{3,4}|(?i:aliceblue|antiquewhite|aqua|aquamarine|azure|beige|bisque|black|blanchedalmond|blue|blueviolet|brown|burlywood|cadetblue|chartreuse|chocolate|coral|cornflowerblue|cornsilk|crimson|cyan|darkblue|darkcyan|darkgoldenrod|darkgray|darkgreen|darkgrey|darkkhaki|darkmagenta|darkolivegreen|darkorange|darkorchid|darkred|darksalmon|darkseagreen|darkslateblue|darkslategray|darkslategrey|darkturquoise|darkviolet|deeppink|deepskyblue|dimgray|dimgrey|dodgerblue|firebrick|floralwhite|forestgreen|fuchsia|gainsboro|ghostwhite|gold|goldenrod|gray|green|greenyellow|grey|honeydew|hotpink|indianred|indigo|ivory|khaki|lavender|lavenderblush|lawngreen|lemonchiffon|lightblue|lightcoral|lightcyan|lightgoldenrodyellow|lightgray|lightgreen|lightgrey|lightpink|lightsalmon|lightseagreen|lightskyblue|lightslategray|lightslategrey|lightsteelblue|lightyellow|lime|limegreen|linen|magenta|maroon|mediumaquamarine|mediumblue|mediumorchid|mediumpurple|mediumseagreen|mediumslateblue|mediumspringgreen|mediumturquoise|mediumvioletred|midnightblue|mintcream|mistyrose|moccasin|navajowhite|navy|oldlace|olive|olivedrab|orange|orangered|orchid|palegoldenrod|palegreen|paleturquoise|palevioletred|papayawhip|peru|pink|plum|powderblue|purple|rebeccapurple|red|rosybrown|royalblue|saddlebrown|salmon|sandybrown|seagreen|seashell|sienna|silver|skyblue|slateblue|slategray|slategrey|snow|springgreen|steelblue|tan|teal|thistle|tomato|transparent|turquoise|violet|wheat|white|whitesmoke|yellow|yellowgreen)),?)+\s', '', 'g')
