@@ -3,11 +3,15 @@
 -- documents.sql keeps the rows with drop_reason IS NULL; quarantine.sql reports the others.
 --
 -- Markup handled: NamuMark ([[link|label]], '''bold''', ''italic'', __u__, ~~s~~, --s--, ^^sup^^,
--- ,,sub,,, {{{#!wiki ...}}} / {{{+1 ...}}} / {{{#color ...}}} / {{{#!syntax ...}}} wrappers (inner
--- text kept), [include(...)] and other [macro(...)] / [macro], footnotes [* ...] (removed),
--- [[파일:...]] / [[분류:...]] (removed), tables ||a||b|| with <cell attributes>, == headings ==
--- (become paragraph breaks), ## comments, > quotes, * / 1. list markers, ---- rules) and
--- MediaWiki-style text (= = Section = = headings, {{templates}}, <ref>..</ref>, <tags>).
+-- ,,sub,,, {{{#!wiki ...}}} / {{{#!folding ...}}} / {{{+1 ...}}} / {{{#color ...}}} wrappers (inner text kept and read
+-- as markup), {{{#!html ...}}} (tags stripped, text kept), literals {{{...}}} and {{{#!syntax lang ...}}} code (their
+-- text kept verbatim, line breaks included: markup inside a literal is not interpreted), [include(...)] and other
+-- [macro(...)] / [macro], footnotes [* ...] (removed), [[파일:...]] / [[분류:...]] (removed), tables ||a||b|| with
+-- <cell attributes> (each row a line, cells joined by ' | ', a paragraph break after the table), == headings ==
+-- (become paragraph breaks), ## comments, > quotes (a paragraph break after the block), * / 1. list markers, ----
+-- rules) and MediaWiki-style text (= = Section = = headings, {{templates}}, <ref>..</ref>, <tags>).
+-- Code blocks are kept rather than dropped: they are text a search can ask for, and first_sentence (queries.sql)
+-- skips them by paragraph structure. Noncharacters U+FDD0..U+FDEF are removed from the input (used internally).
 --
 -- @unique: doc_id
 -- @not_null: doc_id, source, title, text
