@@ -34,7 +34,7 @@ ZSTD_LEVEL = 1  # the same as the SQL layers (etl.warehouse.LAYER_PARQUET) and p
 
 # sha256 (first 16 hex) of the SQL files this translation was written against; the SQL models are
 # edited concurrently, so a mismatch is reported (and the row comparison shows what drifted).
-TRANSLATED_FROM = {"clean_documents.sql": "7bb248af848e6c0b", "passages.sql": "931ab7f7cdbb3bb9"}
+TRANSLATED_FROM = {"clean_documents.sql": "6ea7b04232faeccf", "passages.sql": "931ab7f7cdbb3bb9"}
 
 
 def sql_drift(sql_dir: Path) -> list[str]:
@@ -50,10 +50,41 @@ def _c(p: str, flags: int = 0) -> re.Pattern:
     return re.compile(p, flags)
 
 
-CLEAN_STEPS: list[tuple[str, list[tuple[re.Pattern, str]]]] = [
-    ("s1 comments/rules", [(_c(rf"(?m)^(##[^\n]*|-{{4,}}{WS}*)$"), "")]),
-    ("s2 {{{# openers", [(_c(rf"\{{\{{\{{#!(wiki|folding|html|syntax|style)[^\n]*|\{{\{{\{{[+-][1-5]{WS}?"
-                             rf"|\{{\{{\{{#[0-9A-Za-z,#]+{WS}"), "")]),
+# NamuMark literals ({{{...}}} and {{{#!syntax ...}}}): their text is kept verbatim, its markup characters hidden
+# from the later steps as noncharacters U+FDD2.. and put back at the end (noncharacters in the input are removed)
+LITERAL_CHARS = "[]{}<>|'_^,~-=#*."
+_HIDE = str.maketrans(LITERAL_CHARS, "".join(chr(0xFDD2 + i) for i in range(len(LITERAL_CHARS))))
+_SHOW = {v: k for k, v in _HIDE.items()}
+CSS_COLOURS = "|".join("""
+    aliceblue antiquewhite aqua aquamarine azure beige bisque black blanchedalmond blue blueviolet brown
+    burlywood cadetblue chartreuse chocolate coral cornflowerblue cornsilk crimson cyan darkblue darkcyan
+    darkgoldenrod darkgray darkgreen darkgrey darkkhaki darkmagenta darkolivegreen darkorange darkorchid
+    darkred darksalmon darkseagreen darkslateblue darkslategray darkslategrey darkturquoise darkviolet
+    deeppink deepskyblue dimgray dimgrey dodgerblue firebrick floralwhite forestgreen fuchsia gainsboro
+    ghostwhite gold goldenrod gray green greenyellow grey honeydew hotpink indianred indigo ivory khaki
+    lavender lavenderblush lawngreen lemonchiffon lightblue lightcoral lightcyan lightgoldenrodyellow
+    lightgray lightgreen lightgrey lightpink lightsalmon lightseagreen lightskyblue lightslategray
+    lightslategrey lightsteelblue lightyellow lime limegreen linen magenta maroon mediumaquamarine
+    mediumblue mediumorchid mediumpurple mediumseagreen mediumslateblue mediumspringgreen mediumturquoise
+    mediumvioletred midnightblue mintcream mistyrose moccasin navajowhite navy oldlace olive olivedrab
+    orange orangered orchid palegoldenrod palegreen paleturquoise palevioletred papayawhip peru pink plum
+    powderblue purple rebeccapurple red rosybrown royalblue saddlebrown salmon sandybrown seagreen seashell
+    sienna silver skyblue slateblue slategray slategrey snow springgreen steelblue tan teal thistle tomato
+    transparent turquoise violet wheat white whitesmoke yellow yellowgreen
+""".split())  # the CSS colour names
+
+
+def _literal(m: re.Match) -> str:
+    return (m.group(1) if m.group(1) is not None else m.group(2)).translate(_HIDE)
+
+
+CLEAN_STEPS: list[tuple[str, list[tuple[re.Pattern, object]]]] = [
+    ("noncharacters", [(_c("[\ufdd0-\ufdef]"), "")]),
+    ("s1 {{{ wrappers / literals", [
+        (_c(rf"\{{\{{\{{#!(?:wiki|folding|style)[^\n]*|\{{\{{\{{#!html|\{{\{{\{{[+-][1-5]{WS}?"
+            rf"|\{{\{{\{{(?:#(?:[0-9A-Fa-f]{{8}}|[0-9A-Fa-f]{{6}}|[0-9A-Fa-f]{{3,4}}|(?i:{CSS_COLOURS})),?)+{WS}"), ""),
+        (_c(r"(?s)\{\{\{#!syntax(?:[ \t]+[^ \t\n]*)?[ \t]*\n?(.*?)\n?\}\}\}|\{\{\{(.*?)\n?\}\}\}"), _literal)]),
+    ("s2 comments/rules", [(_c(rf"(?m)^(##[^\n]*|-{{4,}}{WS}*)$"), "")]),
     ("s3 braces/ref/templates", [(_c(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.S), ""),
                                  (_c(r"\{\{[^{}]*\}\}"), ""),
                                  (_c(r"\{\{\{|\}\}\}"), "")]),
@@ -62,12 +93,18 @@ CLEAN_STEPS: list[tuple[str, list[tuple[re.Pattern, str]]]] = [
     ("s6 links", [(_c(r"\[\[(?:[^\]|]*\|)?((?:[^\[\]|]|\[[^\[\]]*\])*)\]\]"), r"\1")]),
     ("s7 macros", [(_c(r"\[(br|BR)\]"), "\n"), (_c(r"\[[A-Za-z가-힣_]+(\((?:[^()\]]|\([^()]*\))*\))?\]"), "")]),
     ("s8 headings", [(_c(r"(?m)^[ \t]*=(?:[ \t]*=)*[ \t]*#?[^=\n]+?#?[ \t]*=(?:[ \t]*=)*[ \t]*$"), "\n")]),
-    ("s9 tables/tags", [(_c(r"<[^<>\n]{0,120}>"), ""), (_c(r"\|\|"), " ")]),
+    ("s9 tables/tags", [(_c(r"<[^<>\n]{0,120}>"), ""),
+                        (_c(r"\|\|[ \t]*\n([ \t]*[^|\t\n\f\r ])"), "||\n\n\\1"),
+                        (_c(r"\|\|(?:[ \t]*\|\|)+"), "||"),
+                        (_c(r"(?m)^[ \t]*\|\||\|\|[ \t]*$"), ""),
+                        (_c(r"\|\|"), " | ")]),
     ("s10 text styles/lists", [(_c(r"~~[^~\n]*~~"), ""),
                                (_c(r"(^|[^-])--[^-\t\n\f\r ][^\n]*?--"), r"\1"),
                                (_c(r"'''|''|__|\^\^|,,"), ""),
+                               (_c(r"(^|\n)([ \t]*>[^\n]*)\n([ \t]*[^>\t\n\f\r ])"), "\\1\\2\n\n\\3"),
                                (_c(r"(?m)^[ \t]*(>+[ \t]*|\*+[ \t]+|[0-9]+\.[ \t]+)"), "")]),
     ("s11 whitespace", [(_c("[ \t\x0b\f\u00a0\u3000]+"), " "), (_c(r" ?\n ?"), "\n"), (_c(r"\n{3,}"), "\n\n")]),
+    ("s12 literals back", [(_c("[\ufdd2-\ufde2]+"), lambda m: m.group(0).translate(_SHOW))]),
 ]
 REDIRECT = _c(rf"^{WS}*#(?i:redirect|넘겨주기){WS}")
 TITLE_WS = _c(rf"{WS}+")

@@ -36,8 +36,12 @@ TOKENS = [
     "{{{#!wiki style=\"x\"\n", "{{{+1 ", "{{{#red ", "}}}", "{{{", "{{틀}}", "<ref>출처</ref>", "<b>", "||",
     "||<bgcolor=#fff> 칸 ", "[* 각주 [[링크]]]", "[br]", "[include(틀:x)]", "[목차]", "\n== 제목 ==\n",
     "\n = 제목 = \n", "=", "\n## 주석\n", "\n* 항목", "\n 1. 번호", "\n> 인용", ">", "*", "\n\t* 탭",
+    # NamuMark literals and wrappers, table rows, quote blocks
+    "{{{std::string}}}", "{{{[[문서]] '''x'''}}}", "{{{#!syntax cpp\n", "{{{#!syntax python\n# 주석\n", "{{{#!html ",
+    "{{{#conda ", "{{{#fff,#000 ", "{{{#DarkRed ", "{{{-2 ", "{{{#!folding 펼치기\n", "{{{ ", "}}}\n", "\n||", "||\n",
+    "|| ||", "\n> 인용 한 줄\n", "\n>> 이중\n",
     # characters the SQL uses internally or that NFC changes
-    "\x1e", "\x1f", "e\u0301", "\u1100\u1161", "\uf900",
+    "\x1e", "\x1f", "e\u0301", "\u1100\u1161", "\uf900", "\ufdd0", "\ufdd1", "\ufdd4", "\ufdef",
 ]
 
 

@@ -3,11 +3,15 @@
 -- documents.sql keeps the rows with drop_reason IS NULL; quarantine.sql reports the others.
 --
 -- Markup handled: NamuMark ([[link|label]], '''bold''', ''italic'', __u__, ~~s~~, --s--, ^^sup^^,
--- ,,sub,,, {{{#!wiki ...}}} / {{{+1 ...}}} / {{{#color ...}}} / {{{#!syntax ...}}} wrappers (inner
--- text kept), [include(...)] and other [macro(...)] / [macro], footnotes [* ...] (removed),
--- [[파일:...]] / [[분류:...]] (removed), tables ||a||b|| with <cell attributes>, == headings ==
--- (become paragraph breaks), ## comments, > quotes, * / 1. list markers, ---- rules) and
--- MediaWiki-style text (= = Section = = headings, {{templates}}, <ref>..</ref>, <tags>).
+-- ,,sub,,, {{{#!wiki ...}}} / {{{#!folding ...}}} / {{{+1 ...}}} / {{{#color ...}}} wrappers (inner text kept and read
+-- as markup), {{{#!html ...}}} (tags stripped, text kept), literals {{{...}}} and {{{#!syntax lang ...}}} code (their
+-- text kept verbatim, line breaks included: markup inside a literal is not interpreted), [include(...)] and other
+-- [macro(...)] / [macro], footnotes [* ...] (removed), [[파일:...]] / [[분류:...]] (removed), tables ||a||b|| with
+-- <cell attributes> (each row a line, cells joined by ' | ', a paragraph break after the table), == headings ==
+-- (become paragraph breaks), ## comments, > quotes (a paragraph break after the block), * / 1. list markers, ----
+-- rules) and MediaWiki-style text (= = Section = = headings, {{templates}}, <ref>..</ref>, <tags>).
+-- Code blocks are kept rather than dropped: they are text a search can ask for, and first_sentence (queries.sql)
+-- skips them by paragraph structure. Noncharacters U+FDD0..U+FDEF are removed from the input (used internally).
 --
 -- title_derived: the record had no title and ingest derived one (etl/ingest.py: the url's last path
 -- segment url-decoded, else the id, else the text's first line cut to 80 characters); passed through.
@@ -23,7 +27,9 @@ WITH raw AS (
         -- CJK symbols, CJK ideographs, precomposed Hangul): nfc_normalize costs ~4x this check
         -- (line ends: CR LF and CR -> LF, rewritten only where a CR occurs)
         CASE WHEN regexp_matches(text, '[^\x00-\x{02FF}\x{2010}-\x{2027}\x{2030}-\x{205E}\x{3000}-\x{3029}\x{3030}-\x{303F}\x{4E00}-\x{9FFF}\x{AC00}-\x{D7A3}]')
-             THEN nfc_normalize(replace(replace(text, chr(13) || chr(10), chr(10)), chr(13), chr(10)))
+             -- (noncharacters U+FDD0..U+FDEF, which fall in this branch, are removed: s1 uses them internally)
+             THEN nfc_normalize(replace(replace(CASE WHEN regexp_matches(text, '[\x{FDD0}-\x{FDEF}]')
+                  THEN regexp_replace(text, '[\x{FDD0}-\x{FDEF}]', '', 'g') ELSE text END, chr(13) || chr(10), chr(10)), chr(13), chr(10)))
              WHEN contains(text, chr(13)) THEN replace(replace(text, chr(13) || chr(10), chr(10)), chr(13), chr(10))
              ELSE text END AS raw_text,
         regexp_matches(left(text, 200), '^\s*#(?i:redirect|넘겨주기)\s') AS is_redirect
@@ -45,14 +51,31 @@ ids AS (
     SELECT raw.*, keys.base_id, keys.id_rank FROM raw JOIN keys USING (source, file, line_no)
 ),
 -- one markup rule per step, applied in order ------------------------------------------------
-s1 AS (  -- "## comment" lines, horizontal rules, [목차]/[tableofcontents]
-    SELECT * REPLACE (CASE WHEN contains(raw_text, '##') OR contains(raw_text, '----')
-        THEN regexp_replace(raw_text, '(?m)^(##[^\n]*|-{4,}\s*)$', '', 'g') ELSE raw_text END AS raw_text) FROM ids
+s1 AS (  -- NamuMark {{{...}}} (each step only on texts that contain '{{{'):
+    -- * wrappers whose text is kept and read as markup: {{{#!wiki ...}}} / {{{#!folding ...}}} / {{{#!style ...}}} (the
+    --   opener line dropped), {{{+1 ...}}} / {{{-1 ...}}} sizes, {{{#red ...}}} / {{{#fff,#000 ...}}} colours (CSS colour
+    --   names or hex), {{{#!html ...}}} (the opener token dropped, the tags go in s9): the opener goes here, '}}}' in s3;
+    -- * literals, kept verbatim and not read as markup: {{{#!syntax lang ...}}} code (the text between the opener line
+    --   and a line break before '}}}') and every other {{{...}}} ({{{std::string}}}, {{{[[not a link]]}}}, {{{#conda install <x>}}}). Each is
+    --   cut out between the sentinels U+FDD0 / U+FDD1 and its markup characters are swapped (translate) for the
+    --   noncharacters U+FDD2..U+FDE2, which no later rule matches; s12 swaps them back. (raw removes noncharacters from
+    --   the input, so none is mistaken for one of these.)
+    SELECT * EXCLUDE (s2a, s2b) REPLACE (CASE WHEN lit THEN array_to_string(list_transform(string_split(s2b, chr(64976)),
+            lambda p: CASE WHEN contains(p, chr(64977))
+                      THEN translate(split_part(p, chr(64977), 1), '[]{}<>|''_^,~-=#*.', chr(64978)||chr(64979)||chr(64980)||chr(64981)||chr(64982)||chr(64983)||chr(64984)||chr(64985)||chr(64986)||chr(64987)||chr(64988)||chr(64989)||chr(64990)||chr(64991)||chr(64992)||chr(64993)||chr(64994))
+                           || split_part(p, chr(64977), 2)
+                      ELSE p END), '') ELSE s2b END AS raw_text)
+    FROM (SELECT *, CASE WHEN lit THEN regexp_replace(s2a,
+        '(?s)\{\{\{#!syntax(?:[ \t]+[^ \t\n]*)?[ \t]*\n?(.*?)\n?\}\}\}|\{\{\{(.*?)\n?\}\}\}', chr(64976) || '\1\2' || chr(64977), 'g')
+        ELSE s2a END AS s2b
+    FROM (SELECT *, CASE WHEN lit THEN regexp_replace(raw_text,
+        '\{\{\{#!(?:wiki|folding|style)[^\n]*|\{\{\{#!html|\{\{\{[+-][1-5]\s?|\{\{\{(?:#(?:[0-9A-Fa-f]{8}|[0-9A-Fa-f]{6}|[0-9A-Fa-f]{3,4}|(?i:aliceblue|antiquewhite|aqua|aquamarine|azure|beige|bisque|black|blanchedalmond|blue|blueviolet|brown|burlywood|cadetblue|chartreuse|chocolate|coral|cornflowerblue|cornsilk|crimson|cyan|darkblue|darkcyan|darkgoldenrod|darkgray|darkgreen|darkgrey|darkkhaki|darkmagenta|darkolivegreen|darkorange|darkorchid|darkred|darksalmon|darkseagreen|darkslateblue|darkslategray|darkslategrey|darkturquoise|darkviolet|deeppink|deepskyblue|dimgray|dimgrey|dodgerblue|firebrick|floralwhite|forestgreen|fuchsia|gainsboro|ghostwhite|gold|goldenrod|gray|green|greenyellow|grey|honeydew|hotpink|indianred|indigo|ivory|khaki|lavender|lavenderblush|lawngreen|lemonchiffon|lightblue|lightcoral|lightcyan|lightgoldenrodyellow|lightgray|lightgreen|lightgrey|lightpink|lightsalmon|lightseagreen|lightskyblue|lightslategray|lightslategrey|lightsteelblue|lightyellow|lime|limegreen|linen|magenta|maroon|mediumaquamarine|mediumblue|mediumorchid|mediumpurple|mediumseagreen|mediumslateblue|mediumspringgreen|mediumturquoise|mediumvioletred|midnightblue|mintcream|mistyrose|moccasin|navajowhite|navy|oldlace|olive|olivedrab|orange|orangered|orchid|palegoldenrod|palegreen|paleturquoise|palevioletred|papayawhip|peru|pink|plum|powderblue|purple|rebeccapurple|red|rosybrown|royalblue|saddlebrown|salmon|sandybrown|seagreen|seashell|sienna|silver|skyblue|slateblue|slategray|slategrey|snow|springgreen|steelblue|tan|teal|thistle|tomato|transparent|turquoise|violet|wheat|white|whitesmoke|yellow|yellowgreen)),?)+\s', '', 'g')
+        ELSE raw_text END AS s2a
+    FROM (SELECT *, contains(raw_text, '{{{') AS lit FROM ids)))
 ),
-s2 AS (  -- {{{#!html ...}}}, {{{#!syntax lang ...}}} keep inner text; drop the opener tokens
-    SELECT * REPLACE (CASE WHEN contains(raw_text, '{{{') THEN regexp_replace(raw_text,
-        '\{\{\{#!(wiki|folding|html|syntax|style)[^\n]*|\{\{\{[+-][1-5]\s?|\{\{\{#[0-9A-Za-z,#]+\s', '', 'g')
-        ELSE raw_text END AS raw_text) FROM s1
+s2 AS (  -- "## comment" lines, horizontal rules, [목차]/[tableofcontents]
+    SELECT * REPLACE (CASE WHEN contains(raw_text, '##') OR contains(raw_text, '----')
+        THEN regexp_replace(raw_text, '(?m)^(##[^\n]*|-{4,}\s*)$', '', 'g') ELSE raw_text END AS raw_text) FROM s1
 ),
 s3 AS (  -- remaining {{{ }}} braces, MediaWiki {{templates}} and <ref>...</ref> (each regexp only where its literal occurs)
     -- (the braces by two replace()s, which remove the same triples as the regexp's single pass unless removing
@@ -86,16 +109,24 @@ s8 AS (  -- headings (NamuMark "== x ==", MediaWiki " = = x = = ") become paragr
         THEN regexp_replace(raw_text,
         '(?m)^[ \t]*=(?:[ \t]*=)*[ \t]*#?[^=\n]+?#?[ \t]*=(?:[ \t]*=)*[ \t]*$', chr(10), 'g') ELSE raw_text END AS raw_text) FROM s7
 ),
-s9 AS (  -- tables: cell attributes <...> and html tags removed, || cell separators -> space
-    SELECT * REPLACE (replace(CASE WHEN contains(raw_text, '<') THEN regexp_replace(raw_text,
-        '<[^<>\n]{0,120}>', '', 'g') ELSE raw_text END,
-        '||', ' ') AS raw_text) FROM s8
+s9 AS (  -- tables: cell attributes <...> and html tags removed; each row stays a line, its cells joined by ' | ' (the
+    -- row's outer '||' and empty cells dropped) and a table is followed by a paragraph break (so the next text starts a
+    -- paragraph: queries.sql's first_sentence skips table rows by their ' | ' and picks paragraph openings)
+    SELECT * EXCLUDE (s9a) REPLACE (CASE WHEN contains(s9a, '||') THEN replace(regexp_replace(regexp_replace(regexp_replace(s9a,
+        '\|\|[ \t]*\n([ \t]*[^|\s])', '||' || chr(10) || chr(10) || '\1', 'g'),
+        '\|\|(?:[ \t]*\|\|)+', '||', 'g'),
+        '(?m)^[ \t]*\|\||\|\|[ \t]*$', '', 'g'),
+        '||', ' | ') ELSE s9a END AS raw_text)
+    FROM (SELECT *, CASE WHEN contains(raw_text, '<') THEN regexp_replace(raw_text,
+        '<[^<>\n]{0,120}>', '', 'g') ELSE raw_text END AS s9a FROM s8)
 ),
 s10 AS (  -- strikethrough content removed; bold/italic/underline/sup/sub markers removed
     -- list markers / quotes at line starts (only texts that have one: the guard is the same pattern split into
     -- the first line and the lines after a '\n', which RE2 finds fast by that literal, unlike '(?m)^')
     SELECT * REPLACE (CASE WHEN regexp_matches(s10c, '^[ \t]*(>|\*+[ \t]|[0-9]+\.[ \t])') OR regexp_matches(s10c, '\n[ \t]*(>|\*+[ \t]|[0-9]+\.[ \t])')
-        THEN regexp_replace(s10c, '(?m)^[ \t]*(>+[ \t]*|\*+[ \t]+|[0-9]+\.[ \t]+)', '', 'g') ELSE s10c END AS raw_text)
+        -- (a quote block is followed by a paragraph break: the line after its last '>' line starts a paragraph)
+        THEN regexp_replace(regexp_replace(s10c, '(^|\n)([ \t]*>[^\n]*)\n([ \t]*[^>\s])', '\1\2' || chr(10) || chr(10) || '\3', 'g'),
+                            '(?m)^[ \t]*(>+[ \t]*|\*+[ \t]+|[0-9]+\.[ \t]+)', '', 'g') ELSE s10c END AS raw_text)
     FROM (SELECT *,
         -- texts whose only markers are quotes: two plain replace()s give the same result as the regexp
         CASE WHEN contains(s10b, '__') OR contains(s10b, '^^') OR contains(s10b, ',,')
@@ -128,6 +159,10 @@ s11 AS (  -- whitespace: each run of whitespace becomes ' ' (no line break in it
              THEN regexp_replace(raw_text, '[\t\x0B\f\x{00A0}\x{3000}]', ' ', 'g') ELSE raw_text END AS s11a
     FROM s10))
 ),
+s12 AS (  -- the literals' markup characters back (s1)
+    SELECT * EXCLUDE (lit) REPLACE (CASE WHEN lit THEN translate(raw_text, chr(64978)||chr(64979)||chr(64980)||chr(64981)||chr(64982)||chr(64983)||chr(64984)||chr(64985)||chr(64986)||chr(64987)||chr(64988)||chr(64989)||chr(64990)||chr(64991)||chr(64992)||chr(64993)||chr(64994), '[]{}<>|''_^,~-=#*.')
+        ELSE raw_text END AS raw_text) FROM s11
+),
 flagged AS (
     SELECT
         source || ':' || base_id || CASE WHEN id_rank > 1 THEN '~' || id_rank ELSE '' END AS doc_id,
@@ -143,7 +178,7 @@ flagged AS (
             WHEN length(raw_text) < getvariable('clean_min_chars') THEN 'too_short'
             WHEN length(raw_text) > getvariable('clean_max_chars') THEN 'too_long'
         END AS filter_reason
-    FROM s11
+    FROM s12
 )
 SELECT
     doc_id, source, orig_id, url, title, title_derived, language, namespace, text, n_chars, file, line_no,

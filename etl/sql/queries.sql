@@ -37,13 +37,37 @@ title_q AS (  -- skips documents whose title was derived (documents.title_derive
     ANTI JOIN (SELECT doc_id FROM documents WHERE title_derived) dt ON dt.doc_id = l.doc_id
     WHERE list_contains(getvariable('query_methods'), 'title')
 ),
-first_sent AS (  -- the first sentence ending in . ! ? 。 … with >= 10 characters (skips infobox lines)
-    SELECT doc_id, source, passage_id, text,
-           list_filter(
-               string_split(regexp_replace(text, '([.!?。…]) +|\s*\n\s*', '\1' || chr(31), 'g'), chr(31)),
-               lambda s: length(s) >= 10 AND regexp_matches(s, '[.!?。…]$'))[1] AS sentence
-    FROM lead
-    WHERE list_contains(getvariable('query_methods'), 'first_sentence')
+first_sent AS (
+    -- the article's opening sentence: the first sentence (ends in . ! ? 。 … then a space or the line end, >= 10
+    -- characters) that opens a paragraph of the document (clean_documents keeps paragraph breaks, which passages fold
+    -- into line breaks; a heading, a table and a quote block end a paragraph). Table rows (cells joined by ' | ') are
+    -- skipped, and so are paragraphs that open with a non-sentence: an infobox line, a code block's first line (the
+    -- note right under a code block is in the code's paragraph), a quote. Its passage is the first of the document's
+    -- first 8 that holds it. A document without one (or whose sentence was cut between passages) falls back to the
+    -- first such sentence anywhere in its lead passage outside table rows.
+    SELECT doc_id, source, passage_id, text, sentence FROM (
+        SELECT l.doc_id, l.source,
+               coalesce(p.passage_id, l.passage_id) AS passage_id, coalesce(p.text, l.text) AS text,
+               CASE WHEN p.passage_id IS NOT NULL THEN o.sentence ELSE list_filter(
+                   string_split(regexp_replace(array_to_string(list_filter(string_split(l.text, chr(10)),
+                                                                           lambda line: NOT contains(line, ' | ')), chr(10)),
+                                               '([.!?。…]) +|\s*\n\s*', '\1' || chr(31), 'g'), chr(31)),
+                   lambda s: length(s) >= 10 AND regexp_matches(s, '[.!?。…]$'))[1] END AS sentence,
+               row_number() OVER (PARTITION BY l.doc_id ORDER BY p.chunk_no NULLS LAST) AS pick
+        FROM lead l
+        LEFT JOIN (
+            SELECT doc_id, list_filter(list_transform(
+                       list_filter(list_transform(string_split(left(text, 4000), chr(10) || chr(10)),
+                                                  lambda para: split_part(para, chr(10), 1)),
+                                   lambda line: NOT contains(line, ' | ')),
+                       lambda line: regexp_extract(line, '^(.*?[.!?。…])(?: |$)', 1)),
+                   lambda s: length(s) >= 10)[1] AS sentence
+            FROM documents
+        ) o USING (doc_id)
+        LEFT JOIN passages p ON p.doc_id = l.doc_id AND p.chunk_no < 8 AND contains(p.text, o.sentence)
+        WHERE list_contains(getvariable('query_methods'), 'first_sentence')
+    )
+    WHERE pick = 1
 ),
 first_q AS (
     SELECT 'first_sentence' AS method, sentence AS query, doc_id, source, passage_id AS positive_passage_id,
