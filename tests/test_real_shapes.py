@@ -40,6 +40,7 @@ def repeated_run(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("repeated")
     arts = make_articles(40, seed=11, sentences=12)
     # d00001 opens with the whole text of d00000 (an article quoting another): their leading chunks are equal
+    arts[0]["text"] = arts[0]["text"] + "\n\n" + arts[30]["text"]  # long enough for two chunks
     arts[1]["text"] = arts[0]["text"] + "\n\n" + arts[1]["text"]
     write_jsonl(root / "corpus" / "part-0.jsonl", arts)
     questions = [
@@ -142,19 +143,16 @@ def test_teacher_scores_deeper_for_queries_the_margins_leave_short(tmp_path, tin
     # one round of exactly negatives.hard candidates, and an absolute margin that removes some of them:
     # the short queries must get their next candidates scored instead of being dropped
     dirs = tiny_run_dirs(tmp_path, tiny_corpus, tiny_model, settings={
-        "teacher": {"max_candidates": 5}, "filters": {"absolute_margin": 0.02}})
+        "teacher": {"max_candidates": 5}, "filters": {"absolute_margin": 0.001}})
     res = run_cli(["run", "--config", str(dirs.config)])
     assert res.returncode == 0, res.stdout + res.stderr
     extra = dirs.metadata["stages"]["teacher_scores"]["extra"]
     assert extra["rounds"] > 1 and extra["deepened_queries"] > 0
-    deep = dirs.q("""SELECT count(*) FROM (SELECT query_id FROM teacher_scores WHERE role = 'hard'
-                     GROUP BY query_id HAVING count(*) > 5)""")[0][0]
-    assert deep > 0
-    n_q = dirs.q("SELECT count(*) FROM queries")[0][0]
-    n_rec = dirs.q("SELECT count(*) FROM examples")[0][0]
-    short_in_round1 = dirs.q("""SELECT count(*) FROM (SELECT query_id FROM scored_candidates
-                               WHERE role = 'hard' AND filter_reason IS NULL GROUP BY query_id HAVING count(*) >= 5)""")[0][0]
-    assert n_rec == short_in_round1 and n_rec >= 0.95 * n_q
+    # queries that needed more than one round (over 5 hard candidates scored) and still got a record
+    rescued = dirs.q("""SELECT count(*) FROM examples WHERE query_id IN (
+                          SELECT query_id FROM teacher_scores WHERE role = 'hard'
+                          GROUP BY query_id HAVING count(*) > 5)""")
+    assert rescued[0][0] > 0
     dirs.close()
 
 

@@ -59,7 +59,7 @@ passage_rows AS (
                                                  OR coalesce(list_contains(t.doc_ids, d.orig_id), false))
                     THEN 'passage_not_in_doc' END AS reason
     FROM passage_t t
-    LEFT JOIN passages p ON p.passage_id = t.named_id
+    LEFT JOIN chunks p ON p.passage_id = t.named_id  -- every chunk: a deduplicated one resolves to its kept copy in queries.sql
     LEFT JOIN documents d ON d.doc_id = p.doc_id
 ),
 targets AS (

@@ -1,4 +1,5 @@
--- Queries that produced no training record, by the first slot they could not fill.
+-- Queries that produced no training record, by the first slot they could not fill
+-- (etl/cli.py DROP_HINTS says what each means and which setting would keep such queries).
 -- Columns: reason, n.
 WITH usable AS (
     SELECT query_id, role, count(*) AS n FROM scored_candidates WHERE filter_reason IS NULL GROUP BY ALL
@@ -21,7 +22,7 @@ SELECT CASE
            WHEN hard < getvariable('n_hard') THEN 'not_enough_hard_negatives'
            WHEN related < getvariable('n_related') THEN 'not_enough_related_negatives'
            WHEN easy < getvariable('n_easy') THEN 'not_enough_easy_negatives'
-           ELSE 'negatives_not_below_hard'
+           ELSE 'draws_are_hard_picks'  -- the usable draws are all among the hard picks
        END AS reason,
        count(*) AS n
 FROM per_query
