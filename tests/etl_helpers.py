@@ -288,7 +288,7 @@ def kill9(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
-# ---- the tiny sentence-transformers model (REFERENCE.md section 3) -----------------------------
+# ---- the tiny sentence-transformers model --------------------------------------------------------
 
 def build_tiny_model(out_dir: Path) -> Path:
     """A random 2-layer BERT (hidden 32) with a WordPiece tokenizer trained here, saved as a

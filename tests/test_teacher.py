@@ -1,6 +1,6 @@
 """The cross-encoder and ensemble teachers (stage teacher_scores), with models built in the test.
 
-A tiny ``CrossEncoder`` (REFERENCE.md section 3: ``BertForSequenceClassification`` with
+A tiny ``CrossEncoder`` (``BertForSequenceClassification`` with
 ``num_labels=1`` plus a WordPiece tokenizer, saved to a temporary directory) scores the candidates;
 the embedder is the same kind of tiny bag-of-tokens sentence-transformers model as in
 test_trainer_compat.py (both from tests/tiny_models.py). The teacher's judgement is random, so the

@@ -1,4 +1,4 @@
-"""Our export, read the way the OpenSearch sparse-model trainer reads it (REFERENCE.md section 1).
+"""Our export, read the way the OpenSearch sparse-model trainer reads it.
 
 The trainer calls ``datasets.Dataset.load_from_disk(path)``, cuts every record into groups of
 ``sample_num_one_query`` docs by a stride (``step = n // sample_num``; group i = docs i, i+step,
