@@ -53,7 +53,9 @@ def installed(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     assert res.returncode == 0, res.stdout + res.stderr
     (site_dir,) = (venv / "lib").glob("python3*/site-packages")
     deps = [d for d in site.getsitepackages() if Path(d).is_dir()]
-    assert not any(Path(d).resolve() == REPO or REPO in Path(d).resolve().parents for d in deps)
+    # the dependencies' directories, never the source tree itself (CI's .venv may live inside the
+    # checkout; its site-packages holds no etl/, and .pth files there are not read through this .pth)
+    assert not any(Path(d).resolve() == REPO or (Path(d) / "etl").exists() for d in deps)
     (site_dir / "zz_test_dependencies.pth").write_text("\n".join(deps) + "\n", encoding="utf-8")
     return wheel, venv, env
 
