@@ -262,7 +262,7 @@ def read_run(warehouse: Path, n_hard: int) -> dict[str, Any]:
     try:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if not {"queries", "candidates", "passages"} <= tables:
-            return {"queries": {}, "records": {}, "baseline": {}, "passages": {}}
+            return {"queries": {}, "positives": {}, "records": {}, "baseline": {}, "passages": {}}
         queries = {qid: q for qid, q in con.execute(
             "SELECT query_id, query FROM queries WHERE method = 'query_file'").fetchall()}
         positives: dict[str, list[str]] = {}
@@ -387,18 +387,21 @@ def report_rows(set_name: str, m: dict[str, Any]) -> list[tuple[str, str]]:
     rows += [(f"  dropped: {r}", f"{k:,}") for r, k in sorted(m["dropped"].items())]
     gold_label = "gold page (another passage)" if set_name == "autorag" else "answer-containing"
     gold_key = "gold" if set_name == "autorag" else "answer"
-    for title, p in (("picked hard negatives", "hard_"), ("naive top-k, all queries", "naive_"),
-                     ("naive top-k, kept queries", "naive_kept_")):
+    for title, p, tag in (("picked hard negatives", "hard_", "hard"), ("naive top-k, all queries", "naive_", "naive"),
+                          ("naive top-k, kept queries", "naive_kept_", "naive kept")):
+        # labels must be unique across blocks: the table is keyed by label
         rows += [(title, f"{m[p + 'n']:,}"),
-                 ("  mean teacher sim" if p == "hard_" else "  mean cosine", f(m[p + "mean_sim"])),
-                 (f"  FN: {gold_label}", _pct(m[p + gold_key], m[p + gold_key + "_share"])),
-                 ("  from the positive's document", _pct(m[p + "same_doc"], m[p + "same_doc_share"]))]
+                 (f"  {tag}: mean {'teacher sim' if p == 'hard_' else 'cosine'}", f(m[p + "mean_sim"])),
+                 (f"  {tag}: FN {gold_label}", _pct(m[p + gold_key], m[p + gold_key + "_share"])),
+                 (f"  {tag}: from the positive's document", _pct(m[p + "same_doc"], m[p + "same_doc_share"]))]
         if set_name == "autorag":
-            rows.append(("  from a gold page's PDF", _pct(m[p + "same_file"], m[p + "same_file_share"])))
+            rows.append((f"  {tag}: from a gold page's PDF", _pct(m[p + "same_file"], m[p + "same_file_share"])))
         if p == "hard_":
             rows.append(("  mean positive teacher sim", f(m["mean_positive_sim"])))
-            rows.append((f"other negatives: FN {gold_label}", _pct(m["other_" + gold_key],
-                                                                   m["other_" + gold_key + "_share"])))
+            rows.append((f"related+easy negatives: FN {gold_label}",
+                         _pct(m["other_" + gold_key], m["other_" + gold_key + "_share"])))
+    labels = [label for label, _ in rows]
+    assert len(labels) == len(set(labels)), "duplicate row labels"
     rows.append(("run seconds (rc)", f"{m['seconds']} ({m['rc']})"))
     return rows
 
