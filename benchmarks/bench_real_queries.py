@@ -287,7 +287,8 @@ def read_run(warehouse: Path, n_hard: int) -> dict[str, Any]:
         used = {p for v in records.values() for _, p, _ in v} | {p for v in baseline.values() for p, _ in v}
         used |= {p for v in positives.values() for p in v}
         con.execute("CREATE TEMP TABLE used (passage_id VARCHAR)")
-        con.executemany("INSERT INTO used VALUES (?)", [[p] for p in sorted(used)])
+        if used:  # executemany refuses an empty list (a run without any query)
+            con.executemany("INSERT INTO used VALUES (?)", [[p] for p in sorted(used)])
         passages = {pid: (doc, text) for pid, doc, text in con.execute(
             "SELECT p.passage_id, p.doc_id, p.text FROM passages p SEMI JOIN used USING (passage_id)").fetchall()}
     finally:
