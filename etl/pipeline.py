@@ -483,7 +483,7 @@ def _adapt_to_corpus(ctx: Context, log: Callable[[str], None]) -> None:
     k = effective_top_k(ctx.cfg, n)
     ctx.wh.con.execute("SET VARIABLE top_k = ?", [k])
     if k != ctx.cfg.mining.top_k and not ctx.top_k_logged:
-        log(f"  (small corpus: {n:,} passages, rank window mining.top_k {ctx.cfg.mining.top_k} -> {k})")
+        log(f"small corpus: {n:,} passages, rank window mining.top_k {ctx.cfg.mining.top_k} -> {k}")
         ctx.top_k_logged = True
 
 

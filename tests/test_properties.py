@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from etl import ingest
 from etl.config import SourceConfig, load_config
+from etl.validate import normalized_text_key
 
 SLOW = settings(max_examples=30, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -68,13 +69,15 @@ def run_through_chunking(base: Path, data: bytes) -> dict:
     (root / "in" / "x.jsonl").write_bytes(data)
     cfg_path = write_config(root / "cfg.toml", warehouse=root / "wh", export=root / "out",
                             sources=[("s", [str(root / "in" / "*.jsonl")])], settings=SMALL_CHUNKS)
-    wh = run_stages(load_config(cfg_path), "passages")
+    wh = run_stages(load_config(cfg_path), "passages")  # chunks: every chunk (passages drops repeated texts)
     try:
         return {
             "raw": rows(wh, "SELECT count(*), count(reject_reason) FROM raw_documents")[0],
             "docs": rows(wh, "SELECT doc_id, text FROM documents"),
             "quarantine": rows(wh, "SELECT stage, file, line_no, reason FROM quarantine"),
-            "passages": rows(wh, "SELECT doc_id, chunk_no, text FROM passages ORDER BY doc_id, chunk_no"),
+            "passages": rows(wh, "SELECT doc_id, chunk_no, text FROM chunks ORDER BY doc_id, chunk_no"),
+            "kept": rows(wh, "SELECT text FROM passages"),
+            "dups": rows(wh, "SELECT passage_id, kept_passage_id FROM passage_duplicates"),
         }
     finally:
         wh.close()
@@ -89,6 +92,11 @@ def check_accounting(got: dict, expected_read: int) -> None:
 
 
 def check_chunks(got: dict, max_chars: int = 45) -> None:
+    # passages = chunks less the repeated normalized texts, each text kept once
+    keys = [normalized_text_key(t) for (t,) in got["kept"]]
+    assert len(keys) == len(set(keys))
+    assert len(got["kept"]) + len(got["dups"]) == len(got["passages"])
+    assert {normalized_text_key(t) for *_, t in got["passages"]} == set(keys)
     by_doc: dict[str, list[str]] = {}
     for doc_id, _, text in got["passages"]:
         assert 1 <= len(text) <= max_chars

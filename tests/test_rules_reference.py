@@ -79,7 +79,7 @@ def cleaned_and_chunked(tmp_path_factory):
     try:
         docs = dict(rows(wh, "SELECT orig_id, text FROM documents"))
         passages: dict[str, list[str]] = {}
-        for orig_id, text in rows(wh, "SELECT d.orig_id, p.text FROM passages p JOIN documents d USING (doc_id) "
+        for orig_id, text in rows(wh, "SELECT d.orig_id, p.text FROM chunks p JOIN documents d USING (doc_id) "
                                       "ORDER BY d.orig_id, p.chunk_no"):
             passages.setdefault(orig_id, []).append(text)
         return texts, docs, passages

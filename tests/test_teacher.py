@@ -160,9 +160,12 @@ def test_ensemble_is_the_mean_of_minmax_normalized_bi_and_ce(teacher_runs):
 def test_ensemble_and_cross_encoder_share_the_candidates(teacher_runs):
     # round 1 (positives, draws, the first max_candidates hard ones) is the same for both; which
     # queries get deeper rounds depends on each teacher's scores, so hard rows may differ beyond it
-    ce = {(r["query_id"], r["passage_id"]): r for r in teacher_runs["cross_encoder"]["teacher_scores"]}
-    ens = {(r["query_id"], r["passage_id"]): r for r in teacher_runs["ensemble"]["teacher_scores"]}
-    assert {k for k, r in ce.items() if r["role"] != "hard"} == {k for k, r in ens.items() if r["role"] != "hard"}
+    def key(r):
+        return r["query_id"], r["role"], r["rank"], r["passage_id"]
+
+    ce = {key(r): r for r in teacher_runs["cross_encoder"]["teacher_scores"]}
+    ens = {key(r): r for r in teacher_runs["ensemble"]["teacher_scores"]}
+    assert {k for k in ce if k[1] != "hard"} == {k for k in ens if k[1] != "hard"}
     common = ce.keys() & ens.keys()
     assert len(common) > 0.8 * max(len(ce), len(ens))
     for key in common:
