@@ -203,7 +203,7 @@ class FiltersConfig:
     """False-negative control (positive-aware filtering, as in sentence-transformers' mine_hard_negatives)."""
 
     exclude_same_document: bool = True  # drop candidates from the positive's document / same-titled docs
-    relative_margin: float = 0.1  # drop if score > positive - margin * |positive - baseline|; 0 = off (benchmarks/README.md)
+    relative_margin: float = 0.1  # drop if score > positive - margin * |positive - baseline|; 0 = off
     margin_baseline: str = "random"  # random: median score of the run's random draws | zero: NV-Retriever's raw rule
     absolute_margin: float = 0.0  # drop if score + margin > positive; 0 = off
     near_duplicate_cosine: float = 0.98  # drop if cosine(candidate, positive passage) >= this; 1 = off
