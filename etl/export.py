@@ -1,4 +1,4 @@
-"""Export: ``train.jsonl``, ``val.jsonl``, ``metadata.json``, ``datasets/`` and ``report/`` from ``examples``.
+"""Export ``examples``: ``train.jsonl``, ``val.jsonl``, ``metadata.json``, ``README.md``, ``datasets/``, ``report/``.
 
 JSONL is written by DuckDB (``COPY ... (FORMAT JSON)``: UTF-8, Korean not escaped, keys in the
 order query, docs, scores), ordered by query_id; scores are DOUBLE rounded in ``examples.sql``. The
@@ -6,7 +6,8 @@ order query, docs, scores), ordered by query_id; scores are DOUBLE rounded in ``
 batch of ``export.batch_records`` records at a time.
 The ``embeddings/`` directory (npy + id files + usearch index) is written into the export directory
 by the neighbours stage; ``datasets/{train,val}`` (``save_to_disk``, when the ``datasets`` package
-is installed) by :mod:`etl.hfexport`; ``report/`` (report.md + plots) by :mod:`etl.report`.
+is installed) by :mod:`etl.hfexport`; ``report/`` (report.md + plots) by :mod:`etl.report`; the
+dataset card ``README.md`` (Hugging Face front matter) by :mod:`etl.card`.
 
 The export is atomic as a whole. It is built in ``<export>.staging/`` (a sibling of the export
 directory, so on the same file system) and validated there:
@@ -40,17 +41,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from . import card
 from . import validate as validate_mod
 from .hfexport import count_records, export_datasets
 from .validate import ValidationReport, validate_file
 from .warehouse import atomic_write_text, sha
 
 if TYPE_CHECKING:
+    from .config import Config
     from .pipeline import Context
 
 # What the export writes into the export directory; everything else there (embeddings/, written by
 # the neighbours stage) is carried over from the previous export when a new one is swapped in.
-EXPORT_OUTPUTS = frozenset({"train.jsonl", "val.jsonl", "metadata.json", "datasets", "report"})
+EXPORT_OUTPUTS = frozenset({"train.jsonl", "val.jsonl", "metadata.json", "datasets", "report", "README.md",
+                            "st", "idf.json"})
 SPLITS = ("train", "val")
 
 
@@ -240,13 +244,14 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
     records_sql = (cfg.sql_dir / "export_records.sql").read_text(encoding="utf-8")
     fp = sha("export", ctx.wh.fingerprint("examples"), ctx.wh.fingerprint("passages"),
              ctx.wh.fingerprint("queries"), records_sql, str(out), inspect.getsource(validate_mod),
-             f"datasets={cfg.export.datasets}")
+             f"datasets={cfg.export.datasets}", *_output_settings(cfg))
     state = ctx.wh.state_dir / "export.json"
     n_docs = cfg.docs_per_query
     files = [out / f"{split}.jsonl" for split in SPLITS]
     old_meta = _read_json(out / "metadata.json") or {}
     fresh = (not force and all(f.exists() for f in files) and "report" in old_meta
              and (out / "report" / "report.md").exists() and _datasets_present(ctx, out, old_meta)
+             and (out / "README.md").exists()
              and (_read_json(state) or {}).get("fingerprint") == fp)
     t0 = time.perf_counter()
     reports: list[ValidationReport] = []
@@ -272,7 +277,7 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
     from .report import write_report
 
     if fresh:
-        for key in ("datasets", "report"):
+        for key in ("datasets", "report", "card"):
             if key in old_meta:
                 meta[key] = old_meta[key]
     else:
@@ -280,12 +285,19 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
                             else {"skipped": "export.datasets = false"})
         write_report(cfg, con, build / "report")
         meta["report"] = str(out / "report" / "report.md")
+        atomic_write_text(build / "README.md", card.render(cfg, meta, build))
+        meta["card"] = str(out / "README.md")
     atomic_write_text(build / "metadata.json", _dumps(meta))
     if not fresh:
         _swap_in(out, build)
         atomic_write_text(state, json.dumps({"fingerprint": fp}))
     shutil.rmtree(rejected_dir(out), ignore_errors=True)  # stale: this export passed
     return meta
+
+
+def _output_settings(cfg: Config) -> list[str]:
+    """What, besides the layers and the SQL, decides the export's files (its fingerprint's last parts)."""
+    return [f"licenses={[s.license for s in cfg.sources]}", f"card={inspect.getsource(card)}"]
 
 
 def _dumps(meta: dict[str, Any]) -> str:

@@ -1,0 +1,117 @@
+"""The trainers' ecosystem: the dataset card, the sentence-transformers sparse format (and a real
+SparseEncoder training run on it), first_rank, idf.json and ``publish``.
+
+One in-process run (tiny random embedder, 40 synthetic articles in two sources of different
+licenses) with every optional output on is shared by the module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from etl_helpers import TINY_SETTINGS, make_articles, make_run_dirs, merge_settings, write_jsonl
+
+from etl import card
+from etl.config import load_config
+from etl.pipeline import run_pipeline
+
+WIKI, NAMU = "cc-by-sa-4.0", "cc-by-nc-sa-2.0-kr"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eco_corpus")
+    arts = make_articles(40, seed=3, sentences=12)
+    write_jsonl(root / "wiki" / "a.jsonl", arts[:24])
+    write_jsonl(root / "namu" / "b.jsonl", arts[24:])
+    return root
+
+
+def make_dirs(root: Path, corpus: Path, model: str, licenses=(WIKI, NAMU), export=None):
+    sources = [("wikipedia_ko", [str(corpus / "wiki" / "*.jsonl")], {"license": licenses[0]} if licenses[0] else {}),
+               ("namuwiki", [str(corpus / "namu" / "*.jsonl")], {"license": licenses[1]} if licenses[1] else {})]
+    return make_run_dirs(root, sources, model=model, settings=merge_settings(TINY_SETTINGS, {"export": export or {}}))
+
+
+@pytest.fixture(scope="module")
+def eco_run(tmp_path_factory, tiny_model, corpus):
+    dirs = make_dirs(tmp_path_factory.mktemp("eco_run"), corpus, tiny_model)
+    meta = run_pipeline(load_config(dirs.config), log=lambda _: None)
+    assert meta["total_queries"] > 0 and meta["val_samples"] > 0
+    yield dirs
+    dirs.close()
+
+
+# ---- the dataset card ---------------------------------------------------------------------------
+
+def test_card_front_matter(eco_run):
+    text = (eco_run.export / "README.md").read_text(encoding="utf-8")
+    fm = card.parse_front_matter(text)
+    meta = eco_run.metadata
+    assert fm["language"] == ["ko"]
+    # mixed sources: the most restrictive (Namuwiki's NC-SA 2.0 KR), named as an "other" license
+    assert fm["license"] == "other" and fm["license_name"] == NAMU
+    assert fm["license_link"] == "https://creativecommons.org/licenses/by-nc-sa/2.0/kr/"
+    assert fm["task_categories"] == ["text-retrieval"]
+    assert fm["size_categories"] == ["n<1K"]
+    assert fm["source_datasets"] == ["wikipedia_ko", "namuwiki"]
+    default = fm["configs"][0]
+    assert default["config_name"] == "default"
+    assert default["data_files"] == [{"split": "train", "path": "train.jsonl"},
+                                     {"split": "validation", "path": "val.jsonl"}]
+    for f in default["data_files"]:
+        assert (eco_run.export / f["path"]).is_file()
+    assert [f["name"] for f in fm["dataset_info"]["features"]] == ["query", "docs", "scores"]
+    assert fm["dataset_info"]["splits"] == [{"name": "train", "num_examples": meta["train_samples"]},
+                                            {"name": "validation", "num_examples": meta["val_samples"]}]
+    assert meta["card"] == str(eco_run.export / "README.md")
+
+
+def test_card_body_says_what_and_how(eco_run):
+    text = (eco_run.export / "README.md").read_text(encoding="utf-8")
+    meta = eco_run.metadata
+    assert "different licenses" in text and f"**{NAMU}**" in text
+    assert f"| records | {meta['total_queries']:,} |" in text
+    for name in ("scores_by_role.png", "docs_per_query.png"):
+        assert f"](report/{name})" in text and (eco_run.export / "report" / name).is_file()
+    assert "## Generation settings" in text and "run_pipeline" in text  # called from Python here
+    assert "| in_neighbours |" in text and card.FILTER_MEANINGS["in_neighbours"] in text
+    assert f"{meta['docs_per_query']} passages, the positive first" in text
+
+
+def test_license_choice():
+    assert card.most_restrictive([WIKI, NAMU]) == NAMU
+    assert card.most_restrictive([WIKI, WIKI]) == WIKI
+    assert card.most_restrictive(["cc0-1.0", "cc-by-4.0"]) == "cc-by-4.0"
+    assert card.most_restrictive(["cc-by-nc-sa-4.0", "cc-by-nd-4.0"]) == "cc-by-nd-4.0"
+    assert card.most_restrictive([WIKI, ""]) == "unknown"
+    assert card.license_front_matter(WIKI) == {"license": WIKI}
+    assert card.license_front_matter("unknown") == {"license": "unknown"}
+
+
+def test_size_categories():
+    assert [card.size_category(n) for n in (0, 999, 1000, 250_000, 3_000_000)] == \
+        ["n<1K", "n<1K", "1K<n<10K", "100K<n<1M", "1M<n<10M"]
+
+
+def test_invocation_uses_the_typed_name():
+    assert card.invocation(["/x/etl/__main__.py", "run", "--config", "my config.toml"]) == \
+        "python -m etl run --config 'my config.toml'"
+    assert card.invocation(["/venv/bin/ko-sparse-etl", "run"]) == "ko-sparse-etl run"
+
+
+def test_license_is_not_part_of_the_stage_fingerprints(tmp_path, tiny_model, corpus):
+    from etl.pipeline import Context, planned_fingerprints
+    from etl.warehouse import Warehouse
+
+    fps = []
+    for i, lic in enumerate([(WIKI, NAMU), ("mit", "")]):
+        d = make_dirs(tmp_path / str(i), corpus, tiny_model, licenses=lic)
+        cfg = load_config(d.config, [f"paths.warehouse='{tmp_path / 'wh'}'", f"paths.export='{tmp_path / 'out'}'"])
+        wh = Warehouse(cfg)
+        try:
+            fps.append(planned_fingerprints(Context(cfg, wh)))
+        finally:
+            wh.close()
+    assert fps[0] == fps[1]
