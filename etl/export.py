@@ -7,7 +7,8 @@ batch of ``export.batch_records`` records at a time.
 The ``embeddings/`` directory (npy + id files + usearch index) is written into the export directory
 by the neighbours stage; ``datasets/{train,val}`` (``save_to_disk``, when the ``datasets`` package
 is installed) by :mod:`etl.hfexport`; ``report/`` (report.md + plots) by :mod:`etl.report`; the
-dataset card ``README.md`` (Hugging Face front matter) by :mod:`etl.card`.
+dataset card ``README.md`` (Hugging Face front matter) by :mod:`etl.card`; ``st/{train,validation}``
+(sentence-transformers' sparse training format, ``export.sentence_transformers``) by :mod:`etl.stformat`.
 
 The export is atomic as a whole. It is built in ``<export>.staging/`` (a sibling of the export
 directory, so on the same file system) and validated there:
@@ -41,9 +42,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import card
+from . import card, stformat
 from . import validate as validate_mod
 from .hfexport import count_records, export_datasets
+from .stformat import export_st
 from .validate import ValidationReport, validate_file
 from .warehouse import atomic_write_text, sha
 
@@ -213,6 +215,21 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _st_present(ctx: Context, out: Path, meta: dict[str, Any]) -> bool:
+    """The previous export's ``st/`` is what this config asks for (or was skipped for want of ``datasets``)."""
+    summary = meta.get("st")
+    if not ctx.cfg.export.sentence_transformers:
+        return not (out / "st").exists()
+    if not isinstance(summary, dict):
+        return False
+    if "splits" in summary:
+        return all((out / "st" / split).is_dir() for split, info in summary["splits"].items()
+                   if isinstance(info, dict) and "rows" in info)
+    import importlib.util
+
+    return importlib.util.find_spec("datasets") is None
+
+
 def _datasets_present(ctx: Context, out: Path, meta: dict[str, Any]) -> bool:
     """The previous export's ``datasets/`` is still what this config asks for."""
     if not ctx.cfg.export.datasets:
@@ -251,7 +268,7 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
     old_meta = _read_json(out / "metadata.json") or {}
     fresh = (not force and all(f.exists() for f in files) and "report" in old_meta
              and (out / "report" / "report.md").exists() and _datasets_present(ctx, out, old_meta)
-             and (out / "README.md").exists()
+             and (out / "README.md").exists() and _st_present(ctx, out, old_meta)
              and (_read_json(state) or {}).get("fingerprint") == fp)
     t0 = time.perf_counter()
     reports: list[ValidationReport] = []
@@ -277,12 +294,14 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
     from .report import write_report
 
     if fresh:
-        for key in ("datasets", "report", "card"):
+        for key in ("datasets", "st", "report", "card"):
             if key in old_meta:
                 meta[key] = old_meta[key]
     else:
         meta["datasets"] = (export_datasets(build, final_dir=out) if cfg.export.datasets
                             else {"skipped": "export.datasets = false"})
+        meta["st"] = (export_st(build, n_docs, final_dir=out) if cfg.export.sentence_transformers
+                      else {"skipped": "export.sentence_transformers = false"})
         write_report(cfg, con, build / "report")
         meta["report"] = str(out / "report" / "report.md")
         atomic_write_text(build / "README.md", card.render(cfg, meta, build))
@@ -297,7 +316,8 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
 
 def _output_settings(cfg: Config) -> list[str]:
     """What, besides the layers and the SQL, decides the export's files (its fingerprint's last parts)."""
-    return [f"licenses={[s.license for s in cfg.sources]}", f"card={inspect.getsource(card)}"]
+    return [f"licenses={[s.license for s in cfg.sources]}", f"card={inspect.getsource(card)}",
+            f"st={cfg.export.sentence_transformers}", inspect.getsource(stformat)]
 
 
 def _dumps(meta: dict[str, Any]) -> str:

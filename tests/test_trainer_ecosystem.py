@@ -7,6 +7,8 @@ licenses) with every optional output on is shared by the module.
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,77 @@ def test_license_is_not_part_of_the_stage_fingerprints(tmp_path, tiny_model, cor
         finally:
             wh.close()
     assert fps[0] == fps[1]
+
+
+# ---- the sentence-transformers sparse format --------------------------------------------------
+
+def test_st_splits_have_the_sparse_encoder_columns(eco_run):
+    import datasets
+
+    meta = eco_run.metadata
+    n = meta["docs_per_query"]
+    cols = ["query", "positive", *(f"negative_{i}" for i in range(1, n)), "label"]
+    records = {"train": (eco_run.export / "train.jsonl"), "validation": (eco_run.export / "val.jsonl")}
+    for split, jsonl in records.items():
+        ds = datasets.load_from_disk(str(eco_run.export / "st" / split))
+        assert ds.column_names == cols
+        lines = [json.loads(x) for x in jsonl.read_text(encoding="utf-8").splitlines()]
+        assert ds.num_rows == len(lines) == meta["st"]["splits"][split]["rows"]
+        for row, rec in zip(ds, lines, strict=True):
+            assert row["query"] == rec["query"]
+            assert [row["positive"], *(row[f"negative_{i}"] for i in range(1, n))] == rec["docs"]
+            assert row["label"] == rec["scores"]
+    fm = card.parse_front_matter((eco_run.export / "README.md").read_text(encoding="utf-8"))
+    st_config = next(c for c in fm["configs"] if c["config_name"] == "sentence-transformers")
+    assert [f["split"] for f in st_config["data_files"]] == ["train", "validation"]
+    assert list((eco_run.export / "st" / "train").glob("*.arrow"))
+
+
+def build_inference_free_encoder(root: Path):
+    """A tiny inference-free SPLADE model: a static token-weight table for queries, a 2-layer BERT MLM +
+    SPLADE max pooling for documents, over a WordPiece tokenizer trained here."""
+    import torch
+    from sentence_transformers.sparse_encoder import SparseEncoder
+
+    try:  # sentence-transformers 6 moved the modules; 5.x has them under .models
+        from sentence_transformers.sentence_transformer.modules import Router
+        from sentence_transformers.sparse_encoder.modules import MLMTransformer, SparseStaticEmbedding, SpladePooling
+    except ImportError:
+        from sentence_transformers.models import Router
+        from sentence_transformers.sparse_encoder.models import MLMTransformer, SparseStaticEmbedding, SpladePooling
+    from etl_helpers import tokenizer_training_text
+    from tiny_models import bert_config, build_tokenizer
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    hf_dir = root / "mlm"
+    tok = build_tokenizer(hf_dir, tokenizer_training_text())
+    torch.manual_seed(0)
+    BertForMaskedLM(bert_config(tok.get_vocab_size())).save_pretrained(hf_dir)
+    doc = [MLMTransformer(str(hf_dir), max_seq_length=64), SpladePooling(pooling_strategy="max")]
+    query = [SparseStaticEmbedding(tokenizer=AutoTokenizer.from_pretrained(hf_dir), frozen=False)]
+    model = SparseEncoder(modules=[Router.for_query_document(query_modules=query, document_modules=doc)],
+                          device="cpu")
+    return model, tok.get_vocab_size()
+
+
+def test_sparse_encoder_trains_on_the_st_export(eco_run, tmp_path):
+    import datasets
+    from sentence_transformers.sparse_encoder import SparseEncoderTrainer, SparseEncoderTrainingArguments, losses
+
+    train = datasets.load_from_disk(str(eco_run.export / "st" / "train")).select(range(16))
+    model, vocab = build_inference_free_encoder(tmp_path)
+    loss = losses.SpladeLoss(model, loss=losses.SparseDistillKLDivLoss(model),
+                             document_regularizer_weight=3e-5, query_regularizer_weight=0)
+    docs_cols = [c for c in train.column_names if c not in ("query", "label")]
+    args = SparseEncoderTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0,
+        router_mapping={"query": "query", **dict.fromkeys(docs_cols, "document")})
+    trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=train, loss=loss)
+    result = trainer.train()
+    losses_logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert result.global_step == 3 and len(losses_logged) == 3
+    assert all(math.isfinite(v) for v in losses_logged)
+    emb = model.encode_query(["서울 항구"], convert_to_tensor=True)
+    dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    assert emb.shape[-1] == dim() == vocab  # one weight per token of the tokenizer
