@@ -8,7 +8,8 @@ The ``embeddings/`` directory (npy + id files + usearch index) is written into t
 by the neighbours stage; ``datasets/{train,val}`` (``save_to_disk``, when the ``datasets`` package
 is installed) by :mod:`etl.hfexport`; ``report/`` (report.md + plots) by :mod:`etl.report`; the
 dataset card ``README.md`` (Hugging Face front matter) by :mod:`etl.card`; ``st/{train,validation}``
-(sentence-transformers' sparse training format, ``export.sentence_transformers``) by :mod:`etl.stformat`.
+(sentence-transformers' sparse training format, ``export.sentence_transformers``) by :mod:`etl.stformat`;
+``idf.json`` (``export.idf_tokenizer``) by :mod:`etl.idf`.
 
 The export is atomic as a whole. It is built in ``<export>.staging/`` (a sibling of the export
 directory, so on the same file system) and validated there:
@@ -43,8 +44,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import card, stformat
+from . import idf as idf_mod
 from . import validate as validate_mod
 from .hfexport import count_records, export_datasets
+from .idf import write_idf
 from .stformat import export_st
 from .validate import ValidationReport, validate_file
 from .warehouse import atomic_write_text, sha
@@ -147,6 +150,8 @@ def _copy_jsonl(ctx: Context, split: str, path: Path) -> int:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     part = path.with_name(f".{path.name}.{os.getpid()}.part.tmp")  # .tmp: swept by the next run after a crash
     con.execute("SET VARIABLE records_split = ?", [split])
+    con.execute("SET VARIABLE export_first_rank = ?", [cfg.export.first_rank])
+    sql = _record_columns(con, sql, cfg.export.first_rank)
     try:
         with open(tmp, "wb") as out:
             for lo, hi in ranges:
@@ -162,6 +167,25 @@ def _copy_jsonl(ctx: Context, split: str, path: Path) -> int:
         for leftover in (tmp, part):
             leftover.unlink(missing_ok=True)
     return int(con.execute("SELECT count(*) FROM examples WHERE split = ?", [split]).fetchall()[0][0])
+
+
+def _record_columns(con: Any, sql: str, first_rank: bool) -> str:
+    """The records query projected to the JSONL keys: query, docs, scores (+ first_rank), in query_id order.
+
+    An edited copy of export_records.sql from before first_rank (no query_id column) is used as it
+    is; it cannot give first_rank, which is then a clear error.
+    """
+    con.execute("SET VARIABLE records_from = NULL::VARCHAR")
+    con.execute("SET VARIABLE records_to = NULL::VARCHAR")
+    cols = [r[0] for r in con.execute(f"DESCRIBE ({sql})").fetchall()]
+    if "query_id" not in cols or (first_rank and "first_rank" not in cols):
+        if first_rank:
+            raise ValueError("export.first_rank = true needs the query_id and first_rank columns of "
+                             "export_records.sql; your paths.sql copy predates them (see the packaged one: "
+                             "`python -m etl sql`)")
+        return sql
+    keys = ["query", "docs", "scores"] + (["first_rank"] if first_rank else [])
+    return f"SELECT {', '.join(keys)} FROM ({sql}) ORDER BY query_id"
 
 
 def read_stats_sql(sql_dir: Path, name: str) -> str:
@@ -269,6 +293,7 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
     fresh = (not force and all(f.exists() for f in files) and "report" in old_meta
              and (out / "report" / "report.md").exists() and _datasets_present(ctx, out, old_meta)
              and (out / "README.md").exists() and _st_present(ctx, out, old_meta)
+             and (out / "idf.json").exists() == bool(cfg.export.idf_tokenizer)
              and (_read_json(state) or {}).get("fingerprint") == fp)
     t0 = time.perf_counter()
     reports: list[ValidationReport] = []
@@ -294,14 +319,18 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
     from .report import write_report
 
     if fresh:
-        for key in ("datasets", "st", "report", "card"):
+        for key in ("datasets", "st", "idf", "report", "card"):
             if key in old_meta:
                 meta[key] = old_meta[key]
     else:
-        meta["datasets"] = (export_datasets(build, final_dir=out) if cfg.export.datasets
+        meta["datasets"] = (export_datasets(build, final_dir=out, first_rank=cfg.export.first_rank)
+                            if cfg.export.datasets
                             else {"skipped": "export.datasets = false"})
         meta["st"] = (export_st(build, n_docs, final_dir=out) if cfg.export.sentence_transformers
                       else {"skipped": "export.sentence_transformers = false"})
+        if cfg.export.idf_tokenizer:
+            meta["idf"] = {**write_idf(con, cfg.export.idf_tokenizer, build / "idf.json"),
+                           "path": str(out / "idf.json")}
         write_report(cfg, con, build / "report")
         meta["report"] = str(out / "report" / "report.md")
         atomic_write_text(build / "README.md", card.render(cfg, meta, build))
@@ -317,7 +346,8 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
 def _output_settings(cfg: Config) -> list[str]:
     """What, besides the layers and the SQL, decides the export's files (its fingerprint's last parts)."""
     return [f"licenses={[s.license for s in cfg.sources]}", f"card={inspect.getsource(card)}",
-            f"st={cfg.export.sentence_transformers}", inspect.getsource(stformat)]
+            f"st={cfg.export.sentence_transformers}", inspect.getsource(stformat),
+            f"first_rank={cfg.export.first_rank}", f"idf={cfg.export.idf_tokenizer}", inspect.getsource(idf_mod)]
 
 
 def _dumps(meta: dict[str, Any]) -> str:

@@ -36,9 +36,33 @@ def make_dirs(root: Path, corpus: Path, model: str, licenses=(WIKI, NAMU), expor
     return make_run_dirs(root, sources, model=model, settings=merge_settings(TINY_SETTINGS, {"export": export or {}}))
 
 
+def word_tokenizer(out: Path, words: list[str]) -> Path:
+    """A word-level tokenizer (whitespace split; unknown words -> [UNK]) saved as a transformers tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {w: i for i, w in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                                ("[SEP]", 3)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]").save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="module")
-def eco_run(tmp_path_factory, tiny_model, corpus):
-    dirs = make_dirs(tmp_path_factory.mktemp("eco_run"), corpus, tiny_model)
+def corpus_tokenizer(tmp_path_factory) -> Path:
+    """A word-level tokenizer over the corpus's words (split on spaces, punctuation kept on the word)."""
+    words = sorted({w for a in make_articles(40, seed=3, sentences=12) for w in a["text"].split()})
+    return word_tokenizer(tmp_path_factory.mktemp("corpus_tok"), words)
+
+
+@pytest.fixture(scope="module")
+def eco_run(tmp_path_factory, tiny_model, corpus, corpus_tokenizer):
+    dirs = make_dirs(tmp_path_factory.mktemp("eco_run"), corpus, tiny_model,
+                     export={"first_rank": True, "idf_tokenizer": str(corpus_tokenizer)})
     meta = run_pipeline(load_config(dirs.config), log=lambda _: None)
     assert meta["total_queries"] > 0 and meta["val_samples"] > 0
     yield dirs
@@ -64,7 +88,7 @@ def test_card_front_matter(eco_run):
                                      {"split": "validation", "path": "val.jsonl"}]
     for f in default["data_files"]:
         assert (eco_run.export / f["path"]).is_file()
-    assert [f["name"] for f in fm["dataset_info"]["features"]] == ["query", "docs", "scores"]
+    assert [f["name"] for f in fm["dataset_info"]["features"]] == ["query", "docs", "scores", "first_rank"]
     assert fm["dataset_info"]["splits"] == [{"name": "train", "num_examples": meta["train_samples"]},
                                             {"name": "validation", "num_examples": meta["val_samples"]}]
     assert meta["card"] == str(eco_run.export / "README.md")
@@ -191,3 +215,69 @@ def test_sparse_encoder_trains_on_the_st_export(eco_run, tmp_path):
     emb = model.encode_query(["서울 항구"], convert_to_tensor=True)
     dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     assert emb.shape[-1] == dim() == vocab  # one weight per token of the tokenizer
+
+
+# ---- first_rank and idf.json --------------------------------------------------------------------
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_first_rank_is_the_positives_rank(eco_run):
+    import datasets
+
+    records = read_jsonl(eco_run.export / "train.jsonl") + read_jsonl(eco_run.export / "val.jsonl")
+    assert all(list(r) == ["query", "docs", "scores", "first_rank"] for r in records)
+    ranks = dict(eco_run.q("SELECT query_id, positive_rank FROM candidates WHERE role = 'positive'"))
+    ids = [r[0] for r in eco_run.q("SELECT query_id FROM examples ORDER BY split = 'val', query_id")]
+    assert [r["first_rank"] for r in records] == [ranks[i] for i in ids]
+    assert min(ranks[i] for i in ids) == 1 and all(1 <= ranks[i] <= 61 for i in ids)
+    assert len({ranks[i] for i in ids}) > 1  # the tiny model does not always rank the positive first
+    ds = datasets.load_from_disk(str(eco_run.export / "datasets" / "train"))
+    train = read_jsonl(eco_run.export / "train.jsonl")
+    assert ds.features["first_rank"].dtype == "int64" and ds["first_rank"] == [r["first_rank"] for r in train]
+
+
+def test_first_rank_off_leaves_the_records_as_they_were(eco_run, tmp_path):
+    """With first_rank off (the default) the same records are written without the key."""
+    with_rank = read_jsonl(eco_run.export / "train.jsonl")
+    cfg = load_config(eco_run.config, ["export.first_rank=false", "export.idf_tokenizer=''",
+                                       f"paths.export='{tmp_path / 'out'}'"])
+    run_pipeline(cfg, log=lambda _: None)
+    plain = (tmp_path / "out" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(x) for x in plain] == [{k: v for k, v in r.items() if k != "first_rank"} for r in with_rank]
+    assert plain[0].startswith('{"query":') and '"first_rank"' not in plain[0]
+    assert not (tmp_path / "out" / "idf.json").exists()
+
+
+def test_idf_hand_computed(tmp_path):
+    from etl.idf import compute_idf, load_tokenizer
+
+    tok = load_tokenizer(str(word_tokenizer(tmp_path / "tok", ["사과", "배", "포도", "수박"])))
+    docs = ["사과 배", "사과 사과 포도", "배 바나나 [CLS]"]  # 바나나: [UNK]; [CLS] is special: both left out
+    table, n = compute_idf(tok, [docs[:2], docs[2:]])
+    assert n == 3
+    # N = 3; df(사과) = df(배) = 2 (사과 twice in one passage counts once), df(포도) = 1, 수박 never
+    assert table == {"배": pytest.approx(math.log(1 + 1.5 / 2.5)), "사과": pytest.approx(math.log(1.6)),
+                     "포도": pytest.approx(math.log(1 + 2.5 / 1.5))}
+
+
+def test_idf_json_of_the_run(eco_run, corpus_tokenizer):
+    from etl.idf import compute_idf, load_tokenizer
+
+    table = json.loads((eco_run.export / "idf.json").read_text(encoding="utf-8"))
+    texts = [r[0] for r in eco_run.q("SELECT text FROM passages ORDER BY passage_id")]
+    expected, n = compute_idf(load_tokenizer(str(corpus_tokenizer)), [texts])
+    assert table == pytest.approx(expected) and len(table) > 50
+    assert not {"[CLS]", "[SEP]", "[PAD]", "[UNK]"} & table.keys()
+    assert eco_run.metadata["idf"]["passages"] == n == len(texts)
+    word, common = max(table, key=table.get), min(table, key=table.get)
+    df = lambda w: sum(w in t.split() for t in texts)  # noqa: E731
+    assert df(word) < df(common)
+
+
+def test_bad_idf_tokenizer_is_a_clear_error(eco_run, tmp_path):
+    cfg = load_config(eco_run.config, [f"export.idf_tokenizer='{tmp_path / 'nothing'}'",
+                                       f"paths.export='{tmp_path / 'out'}'"])
+    with pytest.raises(RuntimeError, match="export.idf_tokenizer = .*cannot load a tokenizer"):
+        run_pipeline(cfg, log=lambda _: None)
