@@ -269,6 +269,32 @@ def _datasets_present(ctx: Context, out: Path, meta: dict[str, Any]) -> bool:
     return importlib.util.find_spec("datasets") is None  # was skipped for want of the package: still so
 
 
+def export_fingerprint(ctx: Context, layer_fp: Callable[[str], str] | None = None) -> str:
+    """What decides the export: its input layers' fingerprints (``layer_fp``, default: as recorded), SQL, settings."""
+    cfg = ctx.cfg
+    fp = layer_fp or ctx.wh.fingerprint
+    records_sql = (cfg.sql_dir / "export_records.sql").read_text(encoding="utf-8")
+    return sha("export", fp("examples"), fp("passages"), fp("queries"), records_sql, str(cfg.export_dir),
+               inspect.getsource(validate_mod), f"datasets={cfg.export.datasets}", *_output_settings(cfg))
+
+
+def stale_reason(ctx: Context, planned: dict[str, str] | None = None) -> str | None:
+    """Why the export would be built again (None: it is fresh, files present; validation is checked apart)."""
+    cfg = ctx.cfg
+    out = cfg.export_dir
+    state = _read_json(ctx.wh.state_dir / "export.json")
+    if state is None or not (out / "metadata.json").exists():
+        return "not built yet"
+    if state.get("fingerprint") != export_fingerprint(ctx, planned.__getitem__ if planned else None):
+        return "export settings, its SQL or code changed"
+    old_meta = _read_json(out / "metadata.json") or {}
+    present = (all((out / f"{split}.jsonl").exists() for split in SPLITS) and "report" in old_meta
+               and (out / "report" / "report.md").exists() and _datasets_present(ctx, out, old_meta)
+               and (out / "README.md").exists() and _st_present(ctx, out, old_meta)
+               and (out / "idf.json").exists() == bool(cfg.export.idf_tokenizer))
+    return None if present else "export files missing"
+
+
 def export(ctx: Context, force: bool = False, started: float | None = None,
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the export (skipped when fresh), atomically as a whole, and return its metadata.
@@ -282,19 +308,12 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
     out = cfg.export_dir
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_export(out)  # the run did this before its stages; a no-op unless export() is called alone
-    records_sql = (cfg.sql_dir / "export_records.sql").read_text(encoding="utf-8")
-    fp = sha("export", ctx.wh.fingerprint("examples"), ctx.wh.fingerprint("passages"),
-             ctx.wh.fingerprint("queries"), records_sql, str(out), inspect.getsource(validate_mod),
-             f"datasets={cfg.export.datasets}", *_output_settings(cfg))
+    fp = export_fingerprint(ctx)
     state = ctx.wh.state_dir / "export.json"
     n_docs = cfg.docs_per_query
     files = [out / f"{split}.jsonl" for split in SPLITS]
     old_meta = _read_json(out / "metadata.json") or {}
-    fresh = (not force and all(f.exists() for f in files) and "report" in old_meta
-             and (out / "report" / "report.md").exists() and _datasets_present(ctx, out, old_meta)
-             and (out / "README.md").exists() and _st_present(ctx, out, old_meta)
-             and (out / "idf.json").exists() == bool(cfg.export.idf_tokenizer)
-             and (_read_json(state) or {}).get("fingerprint") == fp)
+    fresh = not force and stale_reason(ctx) is None
     t0 = time.perf_counter()
     reports: list[ValidationReport] = []
     if fresh:
