@@ -1,4 +1,4 @@
-"""Command line: ``python -m etl {run,plan,validate,stats,report,sql,publish}`` (also ``ko-sparse-etl``).
+"""Command line: ``python -m etl {run,plan,validate,stats,report,sql,publish}`` (or ``ko-sparse-etl``).
 
 Exit codes: 0 success; 1 the work failed (a broken export, a runtime error, validation failures);
 2 a usage or config error (unknown option, stage or stats name, bad config), before any work.
@@ -257,6 +257,26 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Upload the export (card, splits, st/, idf.json, report/; never embeddings/) to a Hub dataset repository."""
+    from .publish import PublishError, files_to_publish, publish
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        if args.dry_run:
+            files = files_to_publish(cfg.export_dir)
+            print(f"would upload {len(files)} files of {cfg.export_dir} to the dataset repository {args.repo}:")
+            for f in files:
+                print(f"  {f}")
+            return 0
+        result = publish(cfg.export_dir, args.repo, private=args.private)
+    except PublishError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"published {len(result['files'])} files: {result['commit']}")
+    return 0
+
+
 def _has_pandas() -> bool:
     try:
         import pandas  # noqa: F401
@@ -341,6 +361,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     q.add_argument("--copy", type=Path, metavar="DIR",
                    help="copy every model (with stats/ and report/) to DIR, then point paths.sql at it")
     q.set_defaults(fn=cmd_sql)
+    pb = sub.add_parser("publish", help="upload the export to a Hugging Face Hub dataset repository",
+                        description="Upload the dataset card README.md, train.jsonl, val.jsonl, st/, idf.json and "
+                                    "report/ (never embeddings/) as one commit. Needs the publish extra "
+                                    "(huggingface_hub) and a token (HF_TOKEN or huggingface-cli login).")
+    _config_args(pb)
+    pb.add_argument("--repo", required=True, metavar="ID", help="the dataset repository, e.g. user/ko-sparse-kd")
+    pb.add_argument("--private", action="store_true", help="create the repository private (when it is new)")
+    pb.add_argument("--dry-run", action="store_true", help="list the files it would upload; upload nothing")
+    pb.set_defaults(fn=cmd_publish)
     return ap
 
 

@@ -281,3 +281,73 @@ def test_bad_idf_tokenizer_is_a_clear_error(eco_run, tmp_path):
                                        f"paths.export='{tmp_path / 'out'}'"])
     with pytest.raises(RuntimeError, match="export.idf_tokenizer = .*cannot load a tokenizer"):
         run_pipeline(cfg, log=lambda _: None)
+
+
+# ---- publish ------------------------------------------------------------------------------------
+
+def test_publish_sends_the_card_and_splits_never_embeddings(eco_run, monkeypatch):
+    """Nothing can reach a hub here: HfApi is replaced, and the folder it is handed is checked."""
+    import huggingface_hub
+
+    from etl import publish as publish_mod
+
+    calls: dict = {}
+
+    class FakeApi:
+        def create_repo(self, **kw):
+            calls["create"] = kw
+
+        def upload_folder(self, *, folder_path, **kw):
+            root = Path(folder_path)
+            calls["upload"] = kw
+            calls["files"] = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+            calls["card"] = (root / "README.md").read_text(encoding="utf-8")
+            calls["train"] = (root / "train.jsonl").read_bytes()
+            return type("Info", (), {"commit_url": "https://hub.invalid/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    result = publish_mod.publish(eco_run.export, "someone/ko-sparse", private=True, log=lambda _: None)
+    assert calls["create"] == {"repo_id": "someone/ko-sparse", "repo_type": "dataset", "private": True,
+                               "exist_ok": True}
+    assert calls["upload"]["repo_id"] == "someone/ko-sparse" and calls["upload"]["repo_type"] == "dataset"
+    files = calls["files"]
+    assert {"README.md", "train.jsonl", "val.jsonl", "idf.json", "report/report.md"} <= set(files)
+    assert any(f.startswith("st/train/") and f.endswith(".arrow") for f in files)
+    assert not [f for f in files if f.startswith(("embeddings/", "datasets/")) or f == "metadata.json"]
+    assert calls["card"] == (eco_run.export / "README.md").read_text(encoding="utf-8")
+    assert calls["train"] == (eco_run.export / "train.jsonl").read_bytes()
+    assert result["files"] == files and result["commit"].endswith("/commit/1")
+    assert not list(eco_run.export.parent.glob(".export.publish.*"))  # the staged folder is gone
+
+
+def test_publish_refuses_an_export_without_a_card(tmp_path):
+    from etl.publish import PublishError, files_to_publish
+
+    (tmp_path / "train.jsonl").write_text("{}\n", encoding="utf-8")
+    with pytest.raises(PublishError, match="has no README.md"):
+        files_to_publish(tmp_path)
+
+
+def test_publish_without_the_package_names_the_extra(eco_run, monkeypatch):
+    import builtins
+
+    from etl.publish import PublishError, publish
+
+    real_import = builtins.__import__
+
+    def no_hub(name, *a, **kw):
+        if name == "huggingface_hub":
+            raise ImportError(name)
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_hub)
+    with pytest.raises(PublishError, match=r"pip install 'ko-sparse-etl\[publish\]'"):
+        publish(eco_run.export, "x/y", log=lambda _: None)
+
+
+def test_publish_dry_run_lists_the_files(eco_run):
+    from etl_helpers import run_cli
+
+    res = run_cli(["publish", "--config", str(eco_run.config), "--repo", "x/y", "--dry-run"])
+    assert res.returncode == 0, res.stderr
+    assert "  README.md" in res.stdout and "  train.jsonl" in res.stdout and "embeddings" not in res.stdout
