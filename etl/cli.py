@@ -1,12 +1,23 @@
-"""Command line: ``python -m etl {run,validate,stats,report,sql}``."""
+"""Command line: ``python -m etl {run,plan,validate,stats,report,sql,publish}`` (or ``ko-sparse-etl``).
+
+Exit codes: 0 success; 1 the work failed (a broken export, a runtime error, validation failures);
+2 a usage or config error (unknown option, stage or stats name, bad config), before any work.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from .card import FILTER_MEANINGS
 from .config import ConfigError, load_config
+
+DESCRIPTION = ("Korean Wikipedia + Namuwiki dumps to OpenSearch neural sparse knowledge-distillation "
+               "training data: DuckDB SQL models, e5 embeddings, usearch hard-negative mining.")
+EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a tool killed by a closed pipe
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -39,6 +50,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
     cfg = load_config(args.config, args.overrides)
+    quiet = args.quiet
+    cfg.run.progress = cfg.run.progress and not quiet and sys.stderr.isatty()  # no bars in logs and pipes
+    if not cfg.run.progress:  # nor the model loaders' (transformers / huggingface_hub read it at import)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    say = (lambda _msg: None) if quiet else print
     shard = None
     if args.shard:
         try:
@@ -53,15 +69,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not cfg.embedding.cache:
             print("--shard embeds into the embedding cache: it needs embedding.cache = true", file=sys.stderr)
             return 2
-    print(f"warehouse: {cfg.warehouse_dir}\nexport:    {cfg.export_dir}")
+    say(f"warehouse: {cfg.warehouse_dir}\nexport:    {cfg.export_dir}")
     from .export import ExportValidationError
 
     try:
-        meta = run_pipeline(cfg, force=args.force, until=args.until, shard=shard)
+        meta = run_pipeline(cfg, force=args.force, until=args.until, shard=shard, log=say)
     except ExportValidationError as exc:  # exit 1, like `validate` on a bad file
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if "total_queries" not in meta:
+        return 0
+    if quiet:
+        if meta["total_queries"] == 0:
+            print("error: no training records were produced (see `python -m etl stats dropped_queries "
+                  "candidate_filters`)", file=sys.stderr)
+            return 1
         return 0
     print(f"\n{meta['total_queries']:,} records ({meta['train_samples']:,} train / {meta['val_samples']:,} val), "
           f"{meta['docs_per_query']} docs each, in {meta['wall_seconds']}s")
@@ -69,7 +91,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if filters:
         cand_total = meta.get("candidates_considered", 0)
         for reason, n in filters.items():
-            print(f"Skipped {n:,} candidates ({100.0 * n / max(cand_total, 1):.1f}%) by {reason}")
+            meaning = FILTER_MEANINGS.get(reason)
+            print(f"Skipped {n:,} candidates ({100.0 * n / max(cand_total, 1):.1f}%) by {reason}"
+                  + (f": {meaning}" if meaning else ""))
     if meta.get("queries_with_deep_negatives"):
         window = meta.get("rank_window", cfg.mining.top_k)
         print(f"Searched deeper than rank {window} for {meta['queries_with_deep_negatives']:,} queries")
@@ -85,6 +109,33 @@ def cmd_run(args: argparse.Namespace) -> int:
               "`python -m etl stats dropped_queries candidate_filters`)", file=sys.stderr)
         return 1
     print(f"validated: {cfg.export_dir / 'train.jsonl'}, {cfg.export_dir / 'val.jsonl'}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """List the stages a run would execute, and why; build nothing."""
+    from .pipeline import STAGE_NAMES
+
+    cfg = load_config(args.config, args.overrides)
+    print(f"plan for warehouse {cfg.warehouse_dir} -> export {cfg.export_dir}")
+    if not (cfg.warehouse_dir / "etl.duckdb").exists():
+        for name in STAGE_NAMES:
+            print(f"  {name:<20} run    not built yet (no warehouse)")
+        print(f"{len(STAGE_NAMES)} of {len(STAGE_NAMES)} stages would run")
+        return 0
+    from .pipeline import Context
+    from .plan import make_plan
+    from .warehouse import Warehouse
+
+    wh = Warehouse(cfg)
+    try:
+        plan = make_plan(Context(cfg, wh))
+    finally:
+        wh.close()
+    for p in plan:
+        print(f"  {p.name:<20} {'run ' if p.runs else 'fresh'}  {'; '.join(p.reasons)}".rstrip())
+    n = sum(p.runs for p in plan)
+    print(f"{n} of {len(plan)} stages would run" + ("" if n else ": the export is up to date"))
     return 0
 
 
@@ -126,8 +177,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         files = [f for f in files if f.stem in wanted]
         missing = wanted - {f.stem for f in files}
         if missing:
-            print(f"unknown stats: {', '.join(sorted(missing))}", file=sys.stderr)
-            return 2
+            print(f"unknown stats: {', '.join(sorted(missing))}; the stats are: "
+                  f"{', '.join(f.stem for f in sorted(stats_dir.glob('*.sql')))}", file=sys.stderr)
+            return EXIT_USAGE
     wh = Warehouse(cfg)
     failed: list[str] = []
     try:
@@ -205,6 +257,26 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Upload the export (card, splits, st/, idf.json, report/; never embeddings/) to a Hub dataset repository."""
+    from .publish import PublishError, files_to_publish, publish
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        if args.dry_run:
+            files = files_to_publish(cfg.export_dir)
+            print(f"would upload {len(files)} files of {cfg.export_dir} to the dataset repository {args.repo}:")
+            for f in files:
+                print(f"  {f}")
+            return 0
+        result = publish(cfg.export_dir, args.repo, private=args.private)
+    except PublishError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"published {len(result['files'])} files: {result['commit']}")
+    return 0
+
+
 def _has_pandas() -> bool:
     try:
         import pandas  # noqa: F401
@@ -221,21 +293,56 @@ def _table(rel) -> str:
     return "\n".join([line(cols)] + [line(r) for r in rows])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser."""
+def prog_name(argv0: str | None = None) -> str:
+    """The name the user typed: ``python -m etl`` or the installed script's name (``ko-sparse-etl``)."""
+    path = Path(sys.argv[0] if argv0 is None else argv0)
+    return "python -m etl" if path.name == "__main__.py" else (path.name or "python -m etl")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ko-sparse-etl")
+    except Exception:  # not installed (PYTHONPATH checkout)
+        from . import __version__
+
+        return __version__
+
+
+def _stage_arg(names: list[str]):
+    """The argparse type of --force: a stage name or 'all'; anything else is a usage error (exit 2)."""
+    def check(value: str) -> str:
+        if value != "all" and value not in names:
+            raise argparse.ArgumentTypeError(f"unknown stage {value!r} (stages: all, {', '.join(names)})")
+        return value
+    return check
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser, shown under ``prog`` (default: the name the user typed)."""
     from .pipeline import STAGE_NAMES
 
-    ap = argparse.ArgumentParser(prog="python -m etl", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run the pipeline (skips stages whose inputs are unchanged)")
+    ap = argparse.ArgumentParser(prog=prog or prog_name(), description=DESCRIPTION)
+    ap.add_argument("--version", action="version", version=f"%(prog)s (ko-sparse-etl) {_version()}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = sub.add_parser("run", help="run the pipeline (skips stages whose inputs are unchanged)",
+                       description="Run every stage whose inputs changed, then export and validate.")
     _config_args(r)
-    r.add_argument("--force", action="append", default=[], metavar="STAGE",
+    r.add_argument("--force", action="append", default=[], metavar="STAGE", type=_stage_arg(STAGE_NAMES),
                    help=f"re-run a stage even if fresh ('all' for every stage): {', '.join(STAGE_NAMES)}")
     r.add_argument("--until", metavar="STAGE", choices=STAGE_NAMES, help="stop after this stage")
     r.add_argument("--shard", metavar="I/N",
                    help="embed only shard I of N (split by text hash) into the embedding cache, then stop; "
                         "run the shards on several GPUs/machines, merge their cache dirs, then run normally")
+    r.add_argument("--quiet", "-q", action="store_true",
+                   help="print nothing but errors (and no progress bars); the exit code tells the outcome")
     r.set_defaults(fn=cmd_run)
+    pl = sub.add_parser("plan", help="list the stages a run would execute and why; builds nothing",
+                        description="List the stages a run would execute and why (not built yet, a config "
+                                    "key, code, or an upstream layer changed); builds nothing.")
+    _config_args(pl)
+    pl.set_defaults(fn=cmd_plan)
     v = sub.add_parser("validate", help="validate exported JSONL files")
     v.add_argument("paths", nargs="+", type=Path)
     v.add_argument("--min-docs", type=int, default=6, help="fewest docs per record (default 6)")
@@ -254,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--copy", type=Path, metavar="DIR",
                    help="copy every model (with stats/ and report/) to DIR, then point paths.sql at it")
     q.set_defaults(fn=cmd_sql)
+    pb = sub.add_parser("publish", help="upload the export to a Hugging Face Hub dataset repository",
+                        description="Upload the dataset card README.md, train.jsonl, val.jsonl, st/, idf.json and "
+                                    "report/ (never embeddings/) as one commit. Needs the publish extra "
+                                    "(huggingface_hub) and a token (HF_TOKEN or huggingface-cli login).")
+    _config_args(pb)
+    pb.add_argument("--repo", required=True, metavar="ID", help="the dataset repository, e.g. user/ko-sparse-kd")
+    pb.add_argument("--private", action="store_true", help="create the repository private (when it is new)")
+    pb.add_argument("--dry-run", action="store_true", help="list the files it would upload; upload nothing")
+    pb.set_defaults(fn=cmd_publish)
     return ap
 
 
@@ -264,10 +380,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args) or 0)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except BrokenPipeError:  # `stats | head` closed our stdout: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # surfaced with its type; tracebacks with ETL_DEBUG=1
-        import os
-
         if os.environ.get("ETL_DEBUG"):
             raise
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -73,6 +73,10 @@ class SourceConfig:
     language: str = "ko"  # default language when a record has none
     # the file's column for each field, e.g. {id = "doc_id", text = "contents"}; unmapped keys keep their name
     columns: dict[str, str] = field(default_factory=dict)
+    # the texts' license, e.g. "cc-by-sa-4.0" (Korean Wikipedia), "cc-by-nc-sa-2.0-kr" (Namuwiki): the dataset
+    # card's. repr=False keeps it out of the stage fingerprints (they hash the sources' repr): a new license
+    # rewrites the export's card, it does not re-ingest the corpus.
+    license: str = field(default="", repr=False)
 
     def column(self, key: str) -> str:
         """The record field read for ``key`` (one of SOURCE_COLUMN_KEYS)."""
@@ -244,6 +248,9 @@ class ExportConfig:
     """Optional outputs next to train.jsonl / val.jsonl."""
 
     datasets: bool = True  # also write datasets/{train,val} (load_from_disk); doubles the export's disk use
+    sentence_transformers: bool = True  # also write st/{train,validation} for SparseEncoder training
+    first_rank: bool = False  # add each record's first_rank (the positive's rank) to the JSONL and datasets/
+    idf_tokenizer: str = ""  # a tokenizer (local path or hub name): write idf.json over the passages; "" = off
     batch_records: int = 50000  # records whose texts are joined and written per step (bounds memory)
 
 

@@ -1,4 +1,4 @@
-"""Export: ``train.jsonl``, ``val.jsonl``, ``metadata.json``, ``datasets/`` and ``report/`` from ``examples``.
+"""Export ``examples``: ``train.jsonl``, ``val.jsonl``, ``metadata.json``, ``README.md``, ``datasets/``, ``report/``.
 
 JSONL is written by DuckDB (``COPY ... (FORMAT JSON)``: UTF-8, Korean not escaped, keys in the
 order query, docs, scores), ordered by query_id; scores are DOUBLE rounded in ``examples.sql``. The
@@ -6,7 +6,10 @@ order query, docs, scores), ordered by query_id; scores are DOUBLE rounded in ``
 batch of ``export.batch_records`` records at a time.
 The ``embeddings/`` directory (npy + id files + usearch index) is written into the export directory
 by the neighbours stage; ``datasets/{train,val}`` (``save_to_disk``, when the ``datasets`` package
-is installed) by :mod:`etl.hfexport`; ``report/`` (report.md + plots) by :mod:`etl.report`.
+is installed) by :mod:`etl.hfexport`; ``report/`` (report.md + plots) by :mod:`etl.report`; the
+dataset card ``README.md`` (Hugging Face front matter) by :mod:`etl.card`; ``st/{train,validation}``
+(sentence-transformers' sparse training format, ``export.sentence_transformers``) by :mod:`etl.stformat`;
+``idf.json`` (``export.idf_tokenizer``) by :mod:`etl.idf`.
 
 The export is atomic as a whole. It is built in ``<export>.staging/`` (a sibling of the export
 directory, so on the same file system) and validated there:
@@ -40,17 +43,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from . import card, stformat
+from . import idf as idf_mod
 from . import validate as validate_mod
 from .hfexport import count_records, export_datasets
+from .idf import write_idf
+from .stformat import export_st
 from .validate import ValidationReport, validate_file
 from .warehouse import atomic_write_text, sha
 
 if TYPE_CHECKING:
+    from .config import Config
     from .pipeline import Context
 
 # What the export writes into the export directory; everything else there (embeddings/, written by
 # the neighbours stage) is carried over from the previous export when a new one is swapped in.
-EXPORT_OUTPUTS = frozenset({"train.jsonl", "val.jsonl", "metadata.json", "datasets", "report"})
+EXPORT_OUTPUTS = frozenset({"train.jsonl", "val.jsonl", "metadata.json", "datasets", "report", "README.md",
+                            "st", "idf.json"})
 SPLITS = ("train", "val")
 
 
@@ -141,6 +150,8 @@ def _copy_jsonl(ctx: Context, split: str, path: Path) -> int:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     part = path.with_name(f".{path.name}.{os.getpid()}.part.tmp")  # .tmp: swept by the next run after a crash
     con.execute("SET VARIABLE records_split = ?", [split])
+    con.execute("SET VARIABLE export_first_rank = ?", [cfg.export.first_rank])
+    sql = _record_columns(con, sql, cfg.export.first_rank)
     try:
         with open(tmp, "wb") as out:
             for lo, hi in ranges:
@@ -156,6 +167,25 @@ def _copy_jsonl(ctx: Context, split: str, path: Path) -> int:
         for leftover in (tmp, part):
             leftover.unlink(missing_ok=True)
     return int(con.execute("SELECT count(*) FROM examples WHERE split = ?", [split]).fetchall()[0][0])
+
+
+def _record_columns(con: Any, sql: str, first_rank: bool) -> str:
+    """The records query projected to the JSONL keys: query, docs, scores (+ first_rank), in query_id order.
+
+    An edited copy of export_records.sql from before first_rank (no query_id column) is used as it
+    is; it cannot give first_rank, which is then a clear error.
+    """
+    con.execute("SET VARIABLE records_from = NULL::VARCHAR")
+    con.execute("SET VARIABLE records_to = NULL::VARCHAR")
+    cols = [r[0] for r in con.execute(f"DESCRIBE ({sql})").fetchall()]
+    if "query_id" not in cols or (first_rank and "first_rank" not in cols):
+        if first_rank:
+            raise ValueError("export.first_rank = true needs the query_id and first_rank columns of "
+                             "export_records.sql; your paths.sql copy predates them (see the packaged one: "
+                             "`python -m etl sql`)")
+        return sql
+    keys = ["query", "docs", "scores"] + (["first_rank"] if first_rank else [])
+    return f"SELECT {', '.join(keys)} FROM ({sql}) ORDER BY query_id"
 
 
 def read_stats_sql(sql_dir: Path, name: str) -> str:
@@ -209,6 +239,21 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _st_present(ctx: Context, out: Path, meta: dict[str, Any]) -> bool:
+    """The previous export's ``st/`` is what this config asks for (or was skipped for want of ``datasets``)."""
+    summary = meta.get("st")
+    if not ctx.cfg.export.sentence_transformers:
+        return not (out / "st").exists()
+    if not isinstance(summary, dict):
+        return False
+    if "splits" in summary:
+        return all((out / "st" / split).is_dir() for split, info in summary["splits"].items()
+                   if isinstance(info, dict) and "rows" in info)
+    import importlib.util
+
+    return importlib.util.find_spec("datasets") is None
+
+
 def _datasets_present(ctx: Context, out: Path, meta: dict[str, Any]) -> bool:
     """The previous export's ``datasets/`` is still what this config asks for."""
     if not ctx.cfg.export.datasets:
@@ -224,6 +269,32 @@ def _datasets_present(ctx: Context, out: Path, meta: dict[str, Any]) -> bool:
     return importlib.util.find_spec("datasets") is None  # was skipped for want of the package: still so
 
 
+def export_fingerprint(ctx: Context, layer_fp: Callable[[str], str] | None = None) -> str:
+    """What decides the export: its input layers' fingerprints (``layer_fp``, default: as recorded), SQL, settings."""
+    cfg = ctx.cfg
+    fp = layer_fp or ctx.wh.fingerprint
+    records_sql = (cfg.sql_dir / "export_records.sql").read_text(encoding="utf-8")
+    return sha("export", fp("examples"), fp("passages"), fp("queries"), records_sql, str(cfg.export_dir),
+               inspect.getsource(validate_mod), f"datasets={cfg.export.datasets}", *_output_settings(cfg))
+
+
+def stale_reason(ctx: Context, planned: dict[str, str] | None = None) -> str | None:
+    """Why the export would be built again (None: it is fresh, files present; validation is checked apart)."""
+    cfg = ctx.cfg
+    out = cfg.export_dir
+    state = _read_json(ctx.wh.state_dir / "export.json")
+    if state is None or not (out / "metadata.json").exists():
+        return "not built yet"
+    if state.get("fingerprint") != export_fingerprint(ctx, planned.__getitem__ if planned else None):
+        return "export settings, its SQL or code changed"
+    old_meta = _read_json(out / "metadata.json") or {}
+    present = (all((out / f"{split}.jsonl").exists() for split in SPLITS) and "report" in old_meta
+               and (out / "report" / "report.md").exists() and _datasets_present(ctx, out, old_meta)
+               and (out / "README.md").exists() and _st_present(ctx, out, old_meta)
+               and (out / "idf.json").exists() == bool(cfg.export.idf_tokenizer))
+    return None if present else "export files missing"
+
+
 def export(ctx: Context, force: bool = False, started: float | None = None,
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the export (skipped when fresh), atomically as a whole, and return its metadata.
@@ -237,17 +308,12 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
     out = cfg.export_dir
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_export(out)  # the run did this before its stages; a no-op unless export() is called alone
-    records_sql = (cfg.sql_dir / "export_records.sql").read_text(encoding="utf-8")
-    fp = sha("export", ctx.wh.fingerprint("examples"), ctx.wh.fingerprint("passages"),
-             ctx.wh.fingerprint("queries"), records_sql, str(out), inspect.getsource(validate_mod),
-             f"datasets={cfg.export.datasets}")
+    fp = export_fingerprint(ctx)
     state = ctx.wh.state_dir / "export.json"
     n_docs = cfg.docs_per_query
     files = [out / f"{split}.jsonl" for split in SPLITS]
     old_meta = _read_json(out / "metadata.json") or {}
-    fresh = (not force and all(f.exists() for f in files) and "report" in old_meta
-             and (out / "report" / "report.md").exists() and _datasets_present(ctx, out, old_meta)
-             and (_read_json(state) or {}).get("fingerprint") == fp)
+    fresh = not force and stale_reason(ctx) is None
     t0 = time.perf_counter()
     reports: list[ValidationReport] = []
     if fresh:
@@ -272,20 +338,35 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
     from .report import write_report
 
     if fresh:
-        for key in ("datasets", "report"):
+        for key in ("datasets", "st", "idf", "report", "card"):
             if key in old_meta:
                 meta[key] = old_meta[key]
     else:
-        meta["datasets"] = (export_datasets(build, final_dir=out) if cfg.export.datasets
+        meta["datasets"] = (export_datasets(build, final_dir=out, first_rank=cfg.export.first_rank)
+                            if cfg.export.datasets
                             else {"skipped": "export.datasets = false"})
+        meta["st"] = (export_st(build, n_docs, final_dir=out) if cfg.export.sentence_transformers
+                      else {"skipped": "export.sentence_transformers = false"})
+        if cfg.export.idf_tokenizer:
+            meta["idf"] = {**write_idf(con, cfg.export.idf_tokenizer, build / "idf.json"),
+                           "path": str(out / "idf.json")}
         write_report(cfg, con, build / "report")
         meta["report"] = str(out / "report" / "report.md")
+        atomic_write_text(build / "README.md", card.render(cfg, meta, build))
+        meta["card"] = str(out / "README.md")
     atomic_write_text(build / "metadata.json", _dumps(meta))
     if not fresh:
         _swap_in(out, build)
         atomic_write_text(state, json.dumps({"fingerprint": fp}))
     shutil.rmtree(rejected_dir(out), ignore_errors=True)  # stale: this export passed
     return meta
+
+
+def _output_settings(cfg: Config) -> list[str]:
+    """What, besides the layers and the SQL, decides the export's files (its fingerprint's last parts)."""
+    return [f"licenses={[s.license for s in cfg.sources]}", f"card={inspect.getsource(card)}",
+            f"st={cfg.export.sentence_transformers}", inspect.getsource(stformat),
+            f"first_rank={cfg.export.first_rank}", f"idf={cfg.export.idf_tokenizer}", inspect.getsource(idf_mod)]
 
 
 def _dumps(meta: dict[str, Any]) -> str:

@@ -27,13 +27,14 @@ SPLITS = ("train", "val")
 SKIPPED_NO_DATASETS = "datasets not installed (pip install -e '.[hf]')"
 
 
-def _features(datasets: Any) -> Any:
-    """query: string, docs: list of string, scores: list of float64."""
+def _features(datasets: Any, first_rank: bool = False) -> Any:
+    """query: string, docs: list of string, scores: list of float64 (+ first_rank: int64)."""
     list_type = getattr(datasets, "List", None) or datasets.Sequence  # List since datasets 4.0
     return datasets.Features({
         "query": datasets.Value("string"),
         "docs": list_type(datasets.Value("string")),
         "scores": list_type(datasets.Value("float64")),
+        **({"first_rank": datasets.Value("int64")} if first_rank else {}),
     })
 
 
@@ -79,13 +80,14 @@ def _swap_in(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
-def export_datasets(export_dir: Path, final_dir: Path | None = None) -> dict[str, Any]:
+def export_datasets(export_dir: Path, final_dir: Path | None = None, first_rank: bool = False) -> dict[str, Any]:
     """Convert ``train.jsonl`` and ``val.jsonl`` in ``export_dir`` into ``export_dir/datasets/{train,val}``.
 
     Returns a summary for metadata.json: ``{"path": ..., "features": ..., "splits": {"train":
     {"rows": n, "path": ...}, "val": {"skipped": "..."}}}``, or ``{"skipped": reason}`` when the
     ``datasets`` package is not installed. Its paths name ``final_dir`` instead of ``export_dir``
     when given (the export builds in a staging directory that is renamed to the export directory).
+    ``first_rank``: the records carry it (``export.first_rank``), as an int64 column.
     """
     try:
         import datasets
@@ -95,11 +97,12 @@ def export_datasets(export_dir: Path, final_dir: Path | None = None) -> dict[str
     export_dir = Path(export_dir)
     root = export_dir / "datasets"
     root.mkdir(parents=True, exist_ok=True)
-    features = _features(datasets)
+    features = _features(datasets, first_rank)
     shown = Path(final_dir) / "datasets" if final_dir is not None else root
     summary: dict[str, Any] = {
         "path": str(shown),
-        "features": {"query": "string", "docs": "list<string>", "scores": "list<float64>"},
+        "features": {"query": "string", "docs": "list<string>", "scores": "list<float64>",
+                     **({"first_rank": "int64"} if first_rank else {})},
         "splits": {},
     }
     bars_were_on = _progress_bars(datasets, enable=False)

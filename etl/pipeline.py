@@ -384,7 +384,9 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
         rows = wh.register_file(stage.name, tmp)
     wh.check_contract(stage.name, contract)
     result = LayerResult(stage.name, rows, time.perf_counter() - t0, fingerprint=fp, extra=extra)
-    wh.write_state(result)
+    from .plan import fingerprint_parts  # what the fingerprint hashed, for `python -m etl plan`
+
+    wh.write_state(result, parts=fingerprint_parts(stage, ctx))
     return result
 
 

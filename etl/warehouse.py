@@ -215,14 +215,18 @@ class Warehouse:
         st = self.state(name)
         return bool(st) and st.get("fingerprint") == fingerprint
 
-    def write_state(self, result: LayerResult) -> None:
-        """Record a layer's fingerprint, rows and timing (atomically)."""
+    def write_state(self, result: LayerResult, parts: dict[str, Any] | None = None) -> None:
+        """Record a layer's fingerprint, rows and timing (atomically).
+
+        ``parts``: what the fingerprint hashed, for ``python -m etl plan``'s reasons.
+        """
         payload = {
             "layer": result.name,
             "fingerprint": result.fingerprint,
             "rows": result.rows,
             "seconds": round(result.seconds, 3),
             "extra": result.extra,
+            **({"parts": parts} if parts is not None else {}),
         }
         atomic_write_text(self.state_dir / f"{result.name}.json", json.dumps(payload, indent=2))
 

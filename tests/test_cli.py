@@ -89,8 +89,8 @@ def test_set_overrides_reach_the_stages(small_config, tmp_path):
 
 def test_unknown_force_stage_fails_before_any_work(small_config, tmp_path):
     res = run_cli(["run", "--config", str(small_config), "--force", "embeddingz"])
-    assert res.returncode == 1
-    assert "unknown stage 'embeddingz'" in res.stderr
+    assert res.returncode == 2  # a usage error, like --until nope
+    assert "unknown stage 'embeddingz'" in res.stderr and "usage:" in res.stderr
     assert not (tmp_path / "wh").exists()
 
 

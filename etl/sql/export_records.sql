@@ -7,6 +7,11 @@
 -- docs[1] is the positive: the query's own positive text where its method cut one (first_sentence,
 -- query files with a fixed positive), else the passage; the rest are passages, in the slot order
 -- of examples.passage_ids.
+-- first_rank (export.first_rank; read only when getvariable('export_first_rank') is true, NULL
+-- otherwise): the positive's rank among the passages of other documents retrieved for the query,
+-- candidates.positive_rank (1 = nothing ranks above it; at most mining.search_depth + 1), which the
+-- OpenSearch trainer's first_rank_thresh filters on. The export writes query, docs, scores (and
+-- first_rank when asked) in query_id order; query_id itself is not written.
 WITH ex AS (
     SELECT query_id, query, scores, passage_ids
     FROM examples
@@ -26,7 +31,14 @@ texts AS (
     JOIN queries q USING (query_id)
     GROUP BY s.query_id
 )
-SELECT ex.query, list_transform(list_sort(t.items), lambda x: x.text) AS docs, ex.scores
+SELECT ex.query_id, ex.query, list_transform(list_sort(t.items), lambda x: x.text) AS docs, ex.scores,
+       fr.positive_rank AS first_rank
 FROM ex
 JOIN texts t USING (query_id)
+LEFT JOIN (
+    SELECT c.query_id, c.positive_rank FROM candidates c
+    WHERE getvariable('export_first_rank') AND c.role = 'positive'
+      AND c.query_id >= getvariable('records_from')
+      AND (getvariable('records_to') IS NULL OR c.query_id < getvariable('records_to'))
+) fr USING (query_id)
 ORDER BY ex.query_id
