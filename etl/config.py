@@ -166,7 +166,7 @@ class EmbeddingConfig:
 
 @dataclass
 class MiningConfig:
-    """Nearest-neighbour search with usearch."""
+    """Nearest-neighbour search: usearch on the CPU, exact top-k in torch on a GPU (``engine``)."""
 
     top_k: int = 30  # rank window end: hard negatives come from ranks skip_top+1 .. top_k first
     search_depth: int = 60  # neighbours retrieved per query; ranks past top_k are used only when a query is short
@@ -177,6 +177,8 @@ class MiningConfig:
     expansion_add: int = 128
     expansion_search: int = 128
     index_memory_mb: int = 2048  # an HNSW index holds at most this much; more passages = several shards
+    engine: str = "auto"  # auto (torch when a CUDA device is present, else usearch) | usearch | torch
+    device_memory_mb: int = 0  # torch engine: passages held on the device at once; 0 = half its free memory
 
 
 @dataclass
@@ -450,6 +452,9 @@ def validate(cfg: Config) -> None:
     need(n.easy_pool >= n.easy, "negatives.easy_pool", "must be >= negatives.easy")
     need(m.search_depth >= m.top_k, "mining.search_depth", "must be >= mining.top_k")
     need(m.index_memory_mb >= 16, "mining.index_memory_mb", "must be >= 16")
+    need(m.engine in ("auto", "usearch", "torch"), "mining.engine",
+         f"must be auto (torch when a CUDA device is present, else usearch), usearch or torch, got {m.engine!r}")
+    need(m.device_memory_mb >= 0, "mining.device_memory_mb", "must be >= 0 (0 = half the device's free memory)")
     f = cfg.filters
     need(0.0 <= f.relative_margin < 1.0, "filters.relative_margin", "must be in [0, 1)")
     need(f.absolute_margin >= 0.0, "filters.absolute_margin", "must be >= 0")
