@@ -468,12 +468,17 @@ def nearest_centre(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def write_clusters(out: Path, passages_npy: Path, passage_ids: list[str], cfg: ClusteringConfig,
-                   seed: int) -> dict[str, float]:
+                   seed: int, engine: str = "usearch") -> dict[str, Any]:
     """The ``clusters`` layer: k-means cluster id and distance to its centroid for every passage.
 
     Up to ``minibatch_above`` passages: KMeans on all of them. Above: MiniBatchKMeans fitted on a
-    seeded sample of that size, then every passage assigned in batches.
+    seeded sample of that size, then every passage assigned in batches. ``engine`` is
+    ``mining.engine``: where it resolves to ``torch``, :func:`write_clusters_torch` instead.
     """
+    from .torch_ops import resolve_engine
+
+    if resolve_engine(engine) == "torch":
+        return write_clusters_torch(out, passages_npy, passage_ids, cfg, seed)
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     P = VectorStore(passages_npy)
@@ -506,4 +511,48 @@ def write_clusters(out: Path, passages_npy: Path, passage_ids: list[str], cfg: C
             }))
     finally:
         writer.close()
-    return {"k": float(k), "inertia": float(model.inertia_)}
+    return {"k": float(k), "inertia": float(model.inertia_), "engine": "sklearn"}
+
+
+CLUSTER_SCHEMA = pa.schema([("passage_id", pa.string()), ("cluster_id", pa.int32()),
+                            ("centroid_distance", pa.float64())])
+
+
+def write_clusters_torch(out: Path, passages_npy: Path, passage_ids: list[str], cfg: ClusteringConfig,
+                         seed: int) -> dict[str, Any]:
+    """The ``clusters`` layer by k-means in torch (:func:`etl.torch_ops.kmeans`), on a GPU when present.
+
+    Fitted on the same rows as the scikit-learn path (all passages up to ``minibatch_above``, else
+    the same seeded sample of that size) with full Lloyd iterations, best of 3 k-means++ starts
+    seeded by ``run.seed``; then every passage is assigned on the device in batches.
+    """
+    import torch
+
+    from .torch_ops import assign, device_of, kmeans, to_device
+
+    P = VectorStore(passages_npy)
+    n = len(P)
+    k = auto_k(n, cfg.k)
+    if n <= cfg.minibatch_above:
+        fit_rows = P.slice(0, n)
+    else:
+        rng = np.random.default_rng(seed)
+        fit_rows = P.rows(np.sort(rng.choice(n, size=cfg.minibatch_above, replace=False)))
+    device = device_of("auto")
+    centres, inertia = kmeans(fit_rows, k, seed, n_init=3, device=str(device))
+    del fit_rows
+    c = to_device(centres, device, torch.float32)
+    writer = pq.ParquetWriter(out, CLUSTER_SCHEMA, compression="zstd")
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, ASSIGN_BATCH):
+                x = P.slice(start, start + ASSIGN_BATCH)
+                lab, d2 = assign(to_device(x, device, torch.float32), c)
+                writer.write_table(pa.table({
+                    "passage_id": pa.array(passage_ids[start : start + len(x)], pa.string()),
+                    "cluster_id": pa.array(lab.cpu().numpy().astype(np.int32)),
+                    "centroid_distance": pa.array(np.sqrt(d2.cpu().numpy().astype(np.float64))),
+                }, schema=CLUSTER_SCHEMA))
+    finally:
+        writer.close()
+    return {"k": float(k), "inertia": inertia, "engine": "torch", "device": device.type}

@@ -16,8 +16,8 @@ import pytest
 pytest.importorskip("torch")
 
 from etl import torch_ops  # noqa: E402
-from etl.config import ConfigError, MiningConfig, load_config  # noqa: E402
-from etl.mine import write_neighbours  # noqa: E402
+from etl.config import ClusteringConfig, ConfigError, MiningConfig, load_config  # noqa: E402
+from etl.mine import write_clusters, write_neighbours  # noqa: E402
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -105,3 +105,70 @@ def test_auto_engine_is_usearch_without_cuda(vectors, tmp_path: Path, monkeypatc
 def test_unknown_engine_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="mining.engine"):
         load_config(None, ["mining.engine=faiss"])
+
+
+# ---- k-means ------------------------------------------------------------------------------------
+
+def _embedding_like(n: int, dim: int, centres: int, seed: int) -> np.ndarray:
+    """Unit vectors around ``centres`` random directions (embeddings cluster by topic)."""
+    rng = np.random.default_rng(seed)
+    c = _unit(rng.standard_normal((centres, dim)))
+    x = c[rng.integers(centres, size=n)] + 0.35 * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    return _unit(x)
+
+
+@pytest.mark.parametrize(("data", "k"), [("topics", 24), ("uniform", 30)])
+def test_torch_kmeans_inertia_is_close_to_scikit_learn(data: str, k: int) -> None:
+    from sklearn.cluster import KMeans
+
+    x = (_embedding_like(4000, 48, 24, 3) if data == "topics"
+         else _unit(np.random.default_rng(5).standard_normal((4000, 48))))
+    ref = KMeans(n_clusters=k, n_init=3, random_state=42).fit(x.astype(np.float64)).inertia_
+    centres, inertia = torch_ops.kmeans(x, k, seed=42, n_init=3, device="cpu")
+    assert centres.shape == (k, 48) and centres.dtype == np.float32
+    assert inertia == pytest.approx(ref, rel=0.03)
+    # the reported inertia is the assignment's own
+    d2 = ((x[:, None, :] - centres[None]) ** 2).sum(-1).min(1)
+    assert inertia == pytest.approx(float(d2.sum()), rel=1e-4)
+
+
+def test_torch_kmeans_is_deterministic_for_a_seed() -> None:
+    x = _embedding_like(2000, 32, 12, 9)
+    a, ia = torch_ops.kmeans(x, 12, seed=7, device="cpu")
+    b, ib = torch_ops.kmeans(x, 12, seed=7, device="cpu")
+    np.testing.assert_array_equal(a, b)
+    assert ia == ib
+    c, _ = torch_ops.kmeans(x, 12, seed=8, device="cpu")
+    assert not np.array_equal(a, c)
+
+
+def test_kmeans_with_more_clusters_than_distinct_points() -> None:
+    """k above the number of distinct rows: no NaN centre, inertia 0."""
+    x = np.repeat(_unit(np.random.default_rng(1).standard_normal((5, 8))), 20, axis=0)
+    centres, inertia = torch_ops.kmeans(x, 8, seed=1, device="cpu")
+    assert np.isfinite(centres).all()
+    assert inertia == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("minibatch_above", [10_000, 1500])
+def test_torch_clusters_layer(tmp_path: Path, minibatch_above: int) -> None:
+    """The layer (every passage, its nearest centre and the distance) and an inertia near scikit-learn's."""
+    x = _embedding_like(3000, 32, 20, 4)
+    np.save(tmp_path / "p.npy", x)
+    ids = [f"p{i:05d}" for i in range(len(x))]
+    cfg = ClusteringConfig(k=20, minibatch_above=minibatch_above)
+    sk = write_clusters(tmp_path / "sk.parquet", tmp_path / "p.npy", ids, cfg, 42, engine="usearch")
+    tc = write_clusters(tmp_path / "tc.parquet", tmp_path / "p.npy", ids, cfg, 42, engine="torch")
+    assert (sk["engine"], tc["engine"]) == ("sklearn", "torch")
+    assert tc["inertia"] == pytest.approx(sk["inertia"], rel=0.05)
+    t = pq.read_table(tmp_path / "tc.parquet").to_pydict()
+    assert t["passage_id"] == ids
+    lab = np.asarray(t["cluster_id"])
+    assert lab.min() >= 0 and lab.max() < 20 and len(set(lab.tolist())) >= 15
+    dist = np.asarray(t["centroid_distance"])
+    # distances are to the nearest centre: members of one cluster sit around its mean
+    for c in range(3):
+        members = x[lab == c]
+        if len(members):
+            centre = members.mean(0)
+            np.testing.assert_allclose(dist[lab == c], np.linalg.norm(members - centre, axis=1), atol=0.05)
