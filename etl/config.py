@@ -224,6 +224,8 @@ class TeacherConfig:
     fp16: bool = True
     max_chars: int = 2000
     max_candidates: int = 20  # usable hard candidates per query sent to the teacher (by rank)
+    cache: bool = True  # cross-encoder scores cached by (model, query, passage) under <warehouse>/cache/teacher
+    flush_seconds: float = 30.0  # write the score cache at least this often (a kill loses at most this much scoring)
 
 
 @dataclass
@@ -469,6 +471,7 @@ def validate(cfg: Config) -> None:
     need(t.kind == "biencoder" or bool(t.cross_encoder), "teacher.cross_encoder",
          f"required when teacher.kind = {t.kind!r}")
     need(t.batch_size >= 1, "teacher.batch_size", "must be >= 1")
+    need(math.isfinite(t.flush_seconds) and t.flush_seconds >= 0, "teacher.flush_seconds", "must be >= 0")
     need(t.max_candidates >= n.hard, "teacher.max_candidates", f"must be >= negatives.hard = {n.hard}")
     need(cfg.clustering.k >= 0, "clustering.k", "must be >= 0 (0 = auto)")
     need(math.isfinite(cfg.scoring.scale) and cfg.scoring.scale > 0, "scoring.scale", "must be a finite number > 0")
