@@ -158,6 +158,8 @@ class EmbeddingConfig:
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     fp16: bool = True  # half precision on GPU
+    bf16: bool = False  # with fp16: bfloat16 instead of float16 on a CUDA device that supports it
+    attention: str = "auto"  # auto (transformers' default: SDPA for BERT/XLM-R) | sdpa | eager | flash_attention_2
     max_chars: int = 2000  # hard cap on text passed to the model
     cache: bool = True
     flush_seconds: float = 30.0  # write the embedding cache at least this often (a kill loses at most this much work)
@@ -303,6 +305,7 @@ class Config:
 
 KNOWN_METHODS = ("title", "first_sentence", "llm")
 KNOWN_DTYPES = ("f32", "f16", "bf16", "i8", "f64")
+KNOWN_ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")  # embedding.attention
 
 
 def _type_name(tp: Any) -> str:
@@ -437,6 +440,8 @@ def validate(cfg: Config) -> None:
     need(e.batch_size >= 1, "embedding.batch_size", "must be >= 1")
     need(e.max_chars >= 16, "embedding.max_chars", "must be >= 16")
     need(math.isfinite(e.flush_seconds) and e.flush_seconds >= 0, "embedding.flush_seconds", "must be >= 0")
+    need(e.attention in KNOWN_ATTENTION, "embedding.attention",
+         f"must be one of {', '.join(KNOWN_ATTENTION)}, got {e.attention!r}")
     need(e.processes >= 1, "embedding.processes", f"must be >= 1 (1 = embed in this process), got {e.processes}")
     m = cfg.mining
     need(m.dtype in KNOWN_DTYPES, "mining.dtype", f"must be one of {', '.join(KNOWN_DTYPES)}")
