@@ -226,8 +226,8 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "queries": (),
     "passage_embeddings": ("etl.embed",),  # the embedding UDFs
     "query_embeddings": ("etl.embed",),
-    "neighbours": ("etl.mine",),
-    "clusters": ("etl.mine",),
+    "neighbours": ("etl.mine", "etl.torch_ops"),  # the torch engine (mining.engine)
+    "clusters": ("etl.mine", "etl.torch_ops"),
     "candidates": ("etl.mine",),  # the cosine UDFs (etl.mine.CosineUDFs)
     "teacher_scores": ("etl.teacher", "etl.embed", "etl.mine"),  # prepare_text; the cosine UDFs of its filter rounds
     "scored_candidates": ("etl.mine",),  # near_duplicate_of_earlier (etl.mine.CosineUDFs)
