@@ -158,11 +158,13 @@ def passage_texts(n: int, lengths_from: Path | None, seed: int = 0) -> list[str]
 
 def throughput(model: Path, texts: list[str], batch_sizes: list[int], unsorted: list[int],
                plain: list[int] | None = None, max_chars: int = 2000, repeats: int = 2,
-               kind: str = "passage") -> list[dict]:
+               kind: str = "passage", forwards: list[str] | None = None) -> list[dict]:
     """Time embed_batched on ``texts`` for each variant; best of ``repeats``.
 
     Variants: length-sorted batches at each of ``batch_sizes``, unsorted batches at ``unsorted``,
-    and sorted batches without the tokenize/GPU pipelining (``encode`` per batch) at ``plain``.
+    and sorted batches without the tokenize/GPU pipelining (``encode`` per batch) at ``plain``;
+    each under every forward in ``forwards`` (``"fp16/auto"``: half dtype / ``embedding.attention``,
+    e.g. ``fp16/eager``, ``bf16/sdpa``; default ``fp16/auto``, today's setting).
     """
     import torch
 
@@ -171,9 +173,12 @@ def throughput(model: Path, texts: list[str], batch_sizes: list[int], unsorted: 
     rows = []
     variants = ([(b, True, True) for b in batch_sizes] + [(b, False, True) for b in unsorted]
                 + [(b, True, False) for b in plain or []])
+    variants = [(*v, f) for f in (forwards or ["fp16/auto"]) for v in variants]
     tok_counts = None
-    for b, sort, pipe in variants:
-        emb = SentenceTransformerEmbedder(str(model), device="auto", fp16=True, batch_size=b)
+    for b, sort, pipe, fwd in variants:
+        half, attention = fwd.split("/")
+        emb = SentenceTransformerEmbedder(str(model), device="auto", fp16=half != "fp32", batch_size=b,
+                                          attention=attention, bf16=half == "bf16")
         emb.pipelined = emb.pipelined and pipe
         if tok_counts is None:
             tok = emb._model.tokenizer
@@ -191,7 +196,7 @@ def throughput(model: Path, texts: list[str], batch_sizes: list[int], unsorted: 
             best = min(best, time.perf_counter() - t0)
         assert vecs.shape == (len(texts), emb.dim) and np.isfinite(vecs).all()
         peak = torch.cuda.max_memory_allocated() / 2**30 if emb.device.startswith("cuda") else 0.0
-        rows.append({"kind": kind, "device": emb.device, "dtype": "fp16" if emb.device.startswith("cuda") else "fp32",
+        rows.append({"kind": kind, "device": emb.device, "dtype": emb.dtype, "attention": attention,
                      "batch_size": b, "sorted": sort, "pipelined": emb.pipelined, "texts": len(texts),
                      "seconds": round(best, 2),
                      "texts_per_s": round(len(texts) / best, 1),
@@ -227,6 +232,8 @@ def main() -> None:
                    help="write the character lengths of --lengths-from to this Parquet file and stop")
     r.add_argument("--kind", choices=["passage", "query"], default="passage", help="e5 prefix of the texts")
     r.add_argument("--repeats", type=int, default=2)
+    r.add_argument("--forwards", nargs="+", default=["fp16/auto"],
+                   help="half dtype / attention per variant, e.g. fp16/eager fp16/sdpa bf16/sdpa (fp32/... = no half)")
     r.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     if a.cmd == "tokenizer":
@@ -247,16 +254,28 @@ def main() -> None:
     else:
         texts = passage_texts(a.n, a.lengths_from)
         print(machine())
-        rows = throughput(a.model, texts, a.batch_sizes, a.unsorted, a.plain, repeats=a.repeats, kind=a.kind)
-        print(table(rows, ["device", "dtype", "batch_size", "sorted", "pipelined", "texts", "seconds", "texts_per_s",
-                           "tokens_per_s", "mean_tokens", "gpu_peak_GiB"]))
+        rows = throughput(a.model, texts, a.batch_sizes, a.unsorted, a.plain, repeats=a.repeats, kind=a.kind,
+                          forwards=a.forwards)
+        print(table(rows, ["device", "dtype", "attention", "batch_size", "sorted", "pipelined", "texts", "seconds",
+                           "texts_per_s", "tokens_per_s", "mean_tokens", "gpu_peak_GiB"]))
         for key, label in (("sorted", "sorted vs unsorted"), ("pipelined", "pipelined vs plain")):
             for base in (r for r in rows if not r[key]):
                 other = "pipelined" if key == "sorted" else "sorted"
                 same = next((r for r in rows if r[key] and r[other] == base[other]
-                             and r["batch_size"] == base["batch_size"]), None)
+                             and r["batch_size"] == base["batch_size"] and r["dtype"] == base["dtype"]
+                             and r["attention"] == base["attention"]), None)
                 if same:
-                    print(f"{label} at batch {base['batch_size']}: {same['texts_per_s'] / base['texts_per_s']:.2f}x")
+                    print(f"{label} at batch {base['batch_size']} ({base['dtype']}/{base['attention']}): "
+                          f"{same['texts_per_s'] / base['texts_per_s']:.2f}x")
+        first = rows[0]  # each forward against the first one (today's fp16/auto by default)
+        for r in rows:
+            if (r["dtype"], r["attention"]) != (first["dtype"], first["attention"]) and r["sorted"]:
+                ref = next((x for x in rows if (x["dtype"], x["attention"]) == (first["dtype"], first["attention"])
+                            and x["batch_size"] == r["batch_size"] and x["sorted"]
+                            and x["pipelined"] == r["pipelined"]), None)
+                if ref:
+                    print(f"{r['dtype']}/{r['attention']} vs {first['dtype']}/{first['attention']} at batch "
+                          f"{r['batch_size']}: {r['texts_per_s'] / ref['texts_per_s']:.2f}x")
         save_json(a.out or Path(__file__).parent / "out" / "embed_gpu.json",
                   {"machine": machine(), "rows": rows})
 

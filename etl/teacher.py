@@ -10,10 +10,22 @@ Teachers (``teacher.kind``):
   (query, doc) pairs; its default activation gives scores in [0, 1] for one-label rerankers.
 * ``ensemble`` — both, each min-max normalized over the query's scored candidates, then averaged:
   the OpenSearch sample's own teacher recipe (docs/quality.md).
+
+Cross-encoder scores are cached (``teacher.cache``, on by default) in
+``<warehouse>/cache/teacher/<model>/part-*.parquet``: one row per (query hash, passage hash) with
+the score, the hashes covering the model and ``teacher.max_chars`` (:func:`cache_key_prefix`).
+Every round first looks its pairs up there and sends only the misses to the model; new scores are
+written every ``teacher.flush_seconds`` (temporary name, then rename), so a run killed with
+``kill -9`` loses at most that much scoring, and re-runs (other filters, another teacher kind,
+deeper rounds) never score a pair twice.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import Config
-from .embed import prepare_text
+from .config import Config, TeacherConfig
+from .embed import model_slug, prepare_text
 
 SCHEMA = pa.schema([
     ("query_id", pa.string()), ("role", pa.string()), ("rank", pa.int64()), ("passage_id", pa.string()),
@@ -90,6 +102,114 @@ def scores_sql(kind: str, files: list[Path]) -> str:
             f"FROM read_parquet([{listing}]){window}")
 
 
+# Bump when the text preparation or the key layout changes: every cached score then becomes a miss.
+SCORE_CACHE_VERSION = 1
+SCORE_CACHE_SCHEMA = pa.schema([("query_hash", pa.string()), ("passage_hash", pa.string()), ("score", pa.float64())])
+PREDICT_CHUNK = 8  # teacher.batch_size batches per model call: the cache receives scores this often
+
+
+def cache_key_prefix(t: TeacherConfig) -> str:
+    """What a cached score's key covers besides the texts: the cross-encoder and ``teacher.max_chars``.
+
+    ``query_hash = sha256(prefix + query)`` and ``passage_hash = sha256(prefix + doc text)`` (the
+    texts before :func:`etl.embed.prepare_text`, which depends only on them and ``max_chars``).
+    Settings that move a score only by float noise (device, fp16, batch size) are left out.
+    """
+    return f"etl-teacher-cache/v{SCORE_CACHE_VERSION} model={t.cross_encoder} max_chars={t.max_chars}\n"
+
+
+def pair_hashes(t: TeacherConfig, query: str, text: str) -> tuple[str, str]:
+    """(query_hash, passage_hash) of one pair, as the SQL of the rounds computes them."""
+    prefix = cache_key_prefix(t)
+    return (hashlib.sha256((prefix + query).encode("utf-8", "surrogatepass")).hexdigest(),
+            hashlib.sha256((prefix + text).encode("utf-8", "surrogatepass")).hexdigest())
+
+
+def score_cache_dir(cfg: Config) -> Path:
+    """Directory of the cross-encoder score cache of ``teacher.cross_encoder``."""
+    return cfg.warehouse_dir / "cache" / "teacher" / model_slug(cfg.teacher.cross_encoder)
+
+
+class ScoreCacheWriter:
+    """Appends (query_hash, passage_hash, score) rows to the score cache as small Parquet files.
+
+    A file is written (temporary name, then rename) every ``flush_rows`` scores, or sooner when the
+    oldest buffered score would otherwise be more than ``flush_seconds`` old by the next batch (the
+    time between the last two batches is the estimate), as the embedding cache does.
+    """
+
+    def __init__(self, directory: Path, flush_rows: int = 50_000, flush_seconds: float = 30.0,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self._clock = clock or time.monotonic
+        self._oldest: float | None = None
+        self._last_add: float | None = None
+        self._interval = 0.0
+        self._rows: dict[tuple[str, str], float] = {}
+        self._seen: set[bytes] = set()
+        self._seq = 0
+        self.written = 0
+
+    def add(self, keys: list[tuple[str, str]], scores: np.ndarray) -> None:
+        """Buffer scores of pairs not written before by this writer; flush when due."""
+        now = self._clock()
+        if self._last_add is not None:
+            self._interval = now - self._last_add
+        self._last_add = now
+        for key, score in zip(keys, scores.tolist(), strict=True):
+            tag = bytes.fromhex(key[0][:16] + key[1][:16])
+            if tag not in self._seen:
+                self._seen.add(tag)
+                self._rows[key] = float(score)
+        if not self._rows:
+            return
+        if self._oldest is None:
+            self._oldest = now
+        if len(self._rows) >= self.flush_rows or now + self._interval - self._oldest >= self.flush_seconds:
+            self.flush()
+
+    def flush(self, idle: bool = False) -> None:
+        """Write the buffered scores as one new cache file (``idle``: scoring pauses, reset the timing)."""
+        if idle:
+            self._last_add, self._interval = None, 0.0
+        if not self._rows:
+            return
+        keys = list(self._rows)
+        table = pa.table({"query_hash": pa.array([k[0] for k in keys], pa.string()),
+                          "passage_hash": pa.array([k[1] for k in keys], pa.string()),
+                          "score": pa.array(list(self._rows.values()), pa.float64())}, schema=SCORE_CACHE_SCHEMA)
+        self._seq += 1
+        final = self.dir / f"part-{time.time_ns()}-{os.getpid()}-{self._seq:05d}.parquet"
+        tmp = final.with_name("." + final.name + ".tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, final)
+        self.written += len(keys)
+        self._rows = {}
+        self._oldest = None
+
+
+def _cached_round_sql(con: Any, sql: str, cache_dir: Path) -> str:
+    """``sql`` (a round's pairs with texts) plus the pair hashes and the cached score (NULL = miss)."""
+    files = sorted(cache_dir.glob("part-*.parquet"))
+    if files:
+        listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+        con.execute("CREATE OR REPLACE TEMP VIEW teacher_score_cache AS SELECT query_hash, passage_hash, "
+                    f"any_value(score) AS score FROM read_parquet([{listing}]) GROUP BY query_hash, passage_hash")
+    else:
+        con.execute("CREATE OR REPLACE TEMP VIEW teacher_score_cache AS SELECT NULL::VARCHAR AS query_hash, "
+                    "NULL::VARCHAR AS passage_hash, NULL::DOUBLE AS score WHERE false")
+    return f"""
+SELECT s.*, c.score AS cached_score
+FROM (SELECT r.*, sha256(getvariable('teacher_cache_key') || r.query) AS query_hash,
+             sha256(getvariable('teacher_cache_key') || coalesce(r.text, '')) AS passage_hash
+      FROM ({sql}) r) s
+LEFT JOIN teacher_score_cache c ON c.query_hash = s.query_hash AND c.passage_hash = s.passage_hash
+"""
+
+
 _MODELS: dict[tuple, Any] = {}
 
 
@@ -125,8 +245,14 @@ def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True
 
     t = cfg.teacher
     model = load_cross_encoder(t.cross_encoder, t.device, t.fp16) if t.kind != "biencoder" else None
+    cache = ScoreCacheWriter(score_cache_dir(cfg), flush_seconds=t.flush_seconds) \
+        if model is not None and t.cache else None
     parts: list[Path] = []
     counts: dict[str, Any] = {"teacher": t.kind, "scored": 0, "rounds": 0, "deepened_queries": 0}
+    if model is not None:
+        counts |= {"ce_model_scored": 0, "ce_cache_hits": 0}
+    if cache is not None:
+        con.execute("SET VARIABLE teacher_cache_key = ?", [cache_key_prefix(t)])
     round_no = 1
     try:
         while True:
@@ -137,6 +263,9 @@ def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True
             total = int(con.execute(f"SELECT count(*) FROM ({sql})").fetchall()[0][0])
             if total == 0 and round_no > 1:
                 break
+            if cache is not None:
+                cache.flush(idle=True)  # the round's lookups see every score so far
+                sql = _cached_round_sql(con, sql, cache.dir)
             reader = con.sql(sql).to_arrow_reader(50_000)
             writer = pq.ParquetWriter(part, RAW_SCHEMA, compression="zstd")
             try:
@@ -144,8 +273,7 @@ def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True
                           disable=not progress or model is None) as bar:
                     for batch in reader:
                         counts["scored"] += _score_and_write(writer, pa.Table.from_batches([batch]), model, cfg,
-                                                             round_no)
-                        bar.update(batch.num_rows)
+                                                             round_no, cache, counts, bar)
             finally:
                 writer.close()
             parts.append(part)
@@ -169,7 +297,10 @@ def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True
         target = str(out).replace("'", "''")
         con.execute(f"COPY ({scores_sql(t.kind, parts)}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
     finally:
+        if cache is not None:
+            cache.flush(idle=True)
         con.execute("DROP VIEW IF EXISTS temp.teacher_scores")
+        con.execute("DROP VIEW IF EXISTS temp.teacher_score_cache")
         con.execute("DROP TABLE IF EXISTS temp.teacher_short")
         for part in parts:
             part.unlink(missing_ok=True)
@@ -178,16 +309,44 @@ def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True
     return counts
 
 
-def _score_and_write(writer: pq.ParquetWriter, table: pa.Table, model: Any, cfg: Config, round_no: int) -> int:
-    """Raw scores of one batch (bi-encoder cosine, cross-encoder score when a model is loaded)."""
+def _score_and_write(writer: pq.ParquetWriter, table: pa.Table, model: Any, cfg: Config, round_no: int,
+                     cache: ScoreCacheWriter | None = None, counts: dict[str, Any] | None = None,
+                     bar: Any = None) -> int:
+    """Raw scores of one batch (bi-encoder cosine, cross-encoder score when a model is loaded).
+
+    With ``cache``, rows with a ``cached_score`` take it; the others are scored in chunks of
+    ``PREDICT_CHUNK`` model batches, each chunk handed to the cache as soon as it is done.
+    """
     t = cfg.teacher
     bi = np.asarray(table.column("bi_score").to_numpy(zero_copy_only=False), dtype=np.float64)
     ce = np.full(len(bi), np.nan)
     if model is not None and len(bi):
-        pairs = [(prepare_text(q, t.max_chars), prepare_text(d, t.max_chars))
-                 for q, d in zip(table.column("query").to_pylist(), table.column("text").to_pylist(), strict=True)]
-        ce = np.asarray(model.predict(pairs, batch_size=t.batch_size, show_progress_bar=False),
-                        dtype=np.float64).reshape(-1)
+        queries, texts = table.column("query").to_pylist(), table.column("text").to_pylist()
+        todo = np.arange(len(bi))
+        if cache is not None:
+            cached = np.asarray(table.column("cached_score").to_numpy(zero_copy_only=False), dtype=np.float64)
+            hit = ~np.isnan(cached)
+            ce[hit] = cached[hit]
+            todo = np.flatnonzero(~hit)
+            qh, ph = table.column("query_hash").to_pylist(), table.column("passage_hash").to_pylist()
+        if counts is not None:
+            counts["ce_cache_hits"] += len(bi) - len(todo)
+            counts["ce_model_scored"] += len(todo)
+        if bar is not None:
+            bar.update(len(bi) - len(todo))
+        step = t.batch_size * PREDICT_CHUNK
+        for s in range(0, len(todo), step):
+            idx = todo[s:s + step]
+            pairs = [(prepare_text(queries[i], t.max_chars), prepare_text(texts[i] or "", t.max_chars)) for i in idx]
+            scores = np.asarray(model.predict(pairs, batch_size=t.batch_size, show_progress_bar=False),
+                                dtype=np.float64).reshape(-1)
+            ce[idx] = scores
+            if cache is not None:
+                cache.add([(qh[i], ph[i]) for i in idx], scores)
+            if bar is not None:
+                bar.update(len(idx))
+    elif bar is not None:
+        bar.update(len(bi))
     writer.write_table(pa.table({
         "query_id": table.column("query_id"), "role": table.column("role"),
         "rank": table.column("rank").cast(pa.int64()), "passage_id": table.column("passage_id"),
