@@ -160,6 +160,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """Print every report in etl/sql/stats/ (or the named ones) against the warehouse."""
     import duckdb
 
+    from .context import read_sql
+
     cfg = load_config(args.config, args.overrides)
     db = cfg.warehouse_dir / "etl.duckdb"
     if not db.exists():
@@ -187,7 +189,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         for f in files:
             print(f"\n== {f.stem} ==")
             try:
-                rel = wh.con.sql(f.read_text(encoding="utf-8").strip().rstrip(";"))
+                rel = wh.con.sql(read_sql(f))
                 print(rel.fetchdf().to_string(index=False) if _has_pandas() else _table(rel))
             except duckdb.Error as exc:
                 failed.append(f.stem)

@@ -310,6 +310,78 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# ---- what the SQL models read --------------------------------------------------------------
+# Every DuckDB variable a SQL model may read (``getvariable('name')``) and the config keys its value
+# comes from: the one table. etl.warehouse sets the plain ones from it, and each SQL stage's config
+# keys (its fingerprint, etl.pipeline.STAGES) are the keys of the variables its file reads, so a
+# model that starts reading a variable re-runs when that setting changes. tests/test_structure.py
+# fails when a model reads a variable that is in none of these tables.
+SQL_VARIABLES: dict[str, str] = {  # variable -> the config value it holds
+    "seed": "run.seed",
+    "clean_min_chars": "clean.min_chars",
+    "clean_max_chars": "clean.max_chars",
+    "clean_namespaces": "clean.namespaces",
+    "clean_drop_redirects": "clean.drop_redirects",
+    "clean_dedupe": "clean.dedupe",
+    "chunk_target_chars": "chunk.target_chars",
+    "chunk_max_chars": "chunk.max_chars",
+    "chunk_min_chars": "chunk.min_chars",
+    "query_methods": "queries.methods",
+    "query_max_per_source": "queries.max_per_source",
+    "query_min_chars": "queries.min_chars",
+    "query_max_chars": "queries.max_chars",
+    "query_min_positive_chars": "queries.min_positive_chars",
+    "embedding_model": "embedding.model",
+    "skip_top": "mining.skip_top",
+    "exclude_same_document": "filters.exclude_same_document",
+    "relative_margin": "filters.relative_margin",
+    "margin_baseline": "filters.margin_baseline",
+    "absolute_margin": "filters.absolute_margin",
+    "near_duplicate_cosine": "filters.near_duplicate_cosine",
+    "positive_max_rank": "filters.positive_max_rank",
+    "drop_low_rank_positives": "filters.drop_low_rank_positives",
+    "teacher_max_candidates": "teacher.max_candidates",
+    "n_hard": "negatives.hard",
+    "n_related": "negatives.related",
+    "n_easy": "negatives.easy",
+    "easy_pool": "negatives.easy_pool",
+    "score_scale": "scoring.scale",
+    "score_decimals": "scoring.decimals",
+    "val_fraction": "split.val_fraction",
+}
+DERIVED_SQL_VARIABLES: dict[str, tuple[str, ...]] = {  # variable -> the config keys it is computed from
+    "embedding_cache_key": ("embedding.model", "embedding.max_chars"),  # etl.embed.cache_key_prefix
+    "embedding_dim": ("embedding.model",),  # the loaded model's dimension (etl.context.Context.udfs)
+    "source_url_prefix": ("sources",),  # MAP source name -> url_prefix
+    # mining.top_k, narrowed on small corpora (etl.pipeline.effective_top_k: negatives.hard,
+    # mining.skip_top and the passage count, which the reading stages get through their inputs)
+    "top_k": ("mining.top_k", "mining.skip_top", "negatives.hard"),
+}
+RUNNER_SQL_VARIABLES = ("batch_from", "batch_to")  # per-query stages: the query_id range of one batch
+
+
+def sql_variable_keys(name: str) -> tuple[str, ...]:
+    """The config keys a SQL variable's value comes from (``()`` for the runner's batch bounds).
+
+    Raises ``KeyError`` for a variable no table knows.
+    """
+    if name in SQL_VARIABLES:
+        return (SQL_VARIABLES[name],)
+    if name in DERIVED_SQL_VARIABLES:
+        return DERIVED_SQL_VARIABLES[name]
+    if name in RUNNER_SQL_VARIABLES:
+        return ()
+    raise KeyError(name)
+
+
+def config_value(cfg: Config, key: str) -> Any:
+    """The value at a dotted config key, e.g. ``config_value(cfg, "mining.top_k")``."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
 KNOWN_METHODS = ("title", "first_sentence", "llm")
 KNOWN_DTYPES = ("f32", "f16", "bf16", "i8", "f64")
 KNOWN_ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")  # embedding.attention

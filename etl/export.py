@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from . import card, stformat
 from . import idf as idf_mod
 from . import validate as validate_mod
+from .context import now_iso, read_sql
 from .hfexport import count_records, export_datasets
 from .idf import write_idf
 from .stformat import export_st
@@ -54,7 +55,7 @@ from .warehouse import atomic_write_text, sha
 
 if TYPE_CHECKING:
     from .config import Config
-    from .pipeline import Context
+    from .context import Context
 
 # What the export writes into the export directory; everything else there (embeddings/, written by
 # the neighbours stage) is carried over from the previous export when a new one is swapped in.
@@ -145,7 +146,7 @@ def _copy_jsonl(ctx: Context, split: str, path: Path) -> int:
     that is held in memory, and the file is in query_id order like the ``examples`` layer.
     """
     con, cfg = ctx.wh.con, ctx.cfg
-    sql = (cfg.sql_dir / "export_records.sql").read_text(encoding="utf-8").strip().rstrip(";")
+    sql = read_sql(cfg.sql_dir / "export_records.sql")
     ranges = ctx.wh.key_ranges("examples", "query_id", cfg.export.batch_records, "split = ?", [split])
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     part = path.with_name(f".{path.name}.{os.getpid()}.part.tmp")  # .tmp: swept by the next run after a crash
@@ -190,7 +191,7 @@ def _record_columns(con: Any, sql: str, first_rank: bool) -> str:
 
 def read_stats_sql(sql_dir: Path, name: str) -> str:
     """The SELECT of ``etl/sql/stats/<name>.sql``."""
-    return (sql_dir / "stats" / f"{name}.sql").read_text(encoding="utf-8").strip().rstrip(";")
+    return read_sql(sql_dir / "stats" / f"{name}.sql")
 
 
 def _stats(ctx: Context) -> dict[str, Any]:
@@ -392,8 +393,6 @@ def _reject(out: Path, build: Path, meta: dict[str, Any], reports: list[Validati
 
 def _metadata(ctx: Context, n_train: int, n_val: int, started: float | None) -> dict[str, Any]:
     """metadata.json without ``validation``, ``datasets`` and ``report``."""
-    from .pipeline import now_iso
-
     cfg = ctx.cfg
     stages = {name: {"rows": r.rows, "seconds": round(r.seconds, 3), "skipped": r.skipped,
                      **({"extra": r.extra} if r.extra else {})} for name, r in ctx.results.items()}

@@ -14,8 +14,7 @@ import inspect
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from . import embed as embed_mod
 from . import export as export_mod
 from . import ingest, mine, queryfiles
 from .config import Config, fingerprint_of
+from .context import Context, read_sql, sql_model, strip_sql
 from .warehouse import Contract, LayerResult, Warehouse, sha
 
 
@@ -43,56 +43,6 @@ class Stage:
     def is_sql(self) -> bool:
         """True for SQL models."""
         return self.python is None
-
-
-@dataclass
-class Context:
-    """What stages get: config, warehouse (connection + paths) and lazily loaded models."""
-
-    cfg: Config
-    wh: Warehouse
-    results: dict[str, LayerResult] = field(default_factory=dict)
-    top_k_logged: bool = False
-    _udfs: embed_mod.EmbeddingUDFs | None = None
-
-    @property
-    def progress(self) -> bool:
-        """Whether to draw progress bars."""
-        return self.cfg.run.progress
-
-    def udfs(self) -> embed_mod.EmbeddingUDFs:
-        """Load the embedding model once, register the UDFs and the cache view."""
-        if self._udfs is None:
-            embedder = embed_mod.load_embedder(self.cfg.embedding)
-            cache = (embed_mod.CacheWriter(self.cache_dir, embedder.dim, flush_seconds=self.cfg.embedding.flush_seconds)
-                     if self.cfg.embedding.cache else None)
-            self._udfs = embed_mod.EmbeddingUDFs(embedder, self.cfg.embedding, self.progress, cache)
-            self._udfs.register(self.wh.con)
-            self.wh.con.execute("SET VARIABLE embedding_dim = ?", [embedder.dim])
-            self.refresh_cache_view()
-        return self._udfs
-
-    @property
-    def cache_dir(self) -> Path:
-        """Embedding cache of the configured model."""
-        return self.wh.root / "cache" / "embeddings" / embed_mod.model_slug(self.cfg.embedding.model)
-
-    def refresh_cache_view(self) -> None:
-        """(Re)create the ``embedding_cache`` view over the cache files (empty when caching is off).
-
-        The cache holds each text once: the UDFs only see cache misses, the writer skips hashes it
-        already wrote, and ``--shard`` splits work by text hash, so shards never overlap.
-        """
-        files = sorted(self.cache_dir.glob("*.parquet")) if self.cfg.embedding.cache else []
-        if files:
-            listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-            self.wh.con.execute(
-                "CREATE OR REPLACE TEMP VIEW embedding_cache AS "
-                f"SELECT text_hash, embedding FROM read_parquet([{listing}])")
-        else:
-            self.wh.con.execute(
-                "CREATE OR REPLACE TEMP VIEW embedding_cache AS "
-                "SELECT NULL::VARCHAR AS text_hash, NULL::FLOAT[] AS embedding WHERE false")
 
 
 # ---- Python stage bodies ---------------------------------------------------------------------
@@ -117,7 +67,7 @@ def _llm_questions(ctx: Context, out: Path) -> dict[str, Any]:
 def _teacher_scores(ctx: Context, out: Path) -> dict[str, Any]:
     from . import teacher
 
-    filters_sql = _strip_sql((ctx.cfg.sql_dir / "scored_candidates.sql").read_text(encoding="utf-8"))
+    filters_sql = read_sql(ctx.cfg.sql_dir / "scored_candidates.sql")
     return teacher.write_teacher_scores(ctx.cfg, ctx.wh.con, out, ctx.progress, filters_sql=filters_sql)
 
 
@@ -304,25 +254,37 @@ def stage_fingerprint(stage: Stage, ctx: Context, dep_fingerprint: Callable[[str
     return sha(*parts)
 
 
+def _code_parts(stage: Stage, ctx: Context) -> dict[str, str]:
+    """Hash of each piece of code a stage runs (mirrors :func:`etl._code_version`)."""
+    parts: dict[str, str] = {}
+    if stage.is_sql:
+        parts[f"etl/sql/{stage.name}.sql"] = sha(sql_model(ctx.cfg, stage.name).read_text(encoding="utf-8"))
+    else:
+        assert stage.python is not None
+        parts[f"etl/py:{stage.python.__name__}"] = sha(_stage_code(stage.python))
+    modules = STAGE_MODULES[stage.name]
+    if stage.name == "llm_questions" and "llm" not in ctx.cfg.queries.methods:
+        modules = ()
+    for m in modules:
+        parts[m] = sha(module_source(m))
+    return parts
+
+
+def fingerprint_parts(stage: Stage, ctx: Context,
+                      dep_fingerprint: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """``{"code": {piece: hash}, "config": {key: hash}, "deps": {layer: fingerprint}}`` of a stage."""
+    dep_fp = dep_fingerprint or ctx.wh.fingerprint
+    return {"code": _code_parts(stage, ctx),
+            "config": {k: sha(_config_part(ctx.cfg, k)) for k in stage.config_keys},
+            "deps": {d: dep_fp(d) for d in stage.deps}}
+
+
 def planned_fingerprints(ctx: Context) -> dict[str, str]:
     """Every stage's fingerprint as a full run from here would record it (inputs chained in order)."""
     out: dict[str, str] = {}
     for stage in STAGES:
         out[stage.name] = stage_fingerprint(stage, ctx, out.__getitem__)
     return out
-
-
-def sql_model(cfg: Config, name: str) -> Path:
-    """Path of a SQL model in ``paths.sql`` (the packaged ``etl/sql/`` by default); a clear error if missing."""
-    path = cfg.sql_dir / f"{name}.sql"
-    if not path.is_file():
-        if not cfg.paths.sql:
-            raise FileNotFoundError(f"SQL model {name}.sql is missing from the installed package ({cfg.sql_dir}): "
-                                    "the installation is incomplete; reinstall ko-sparse-etl")
-        raise FileNotFoundError(
-            f"SQL model {name}.sql not found in paths.sql = {str(cfg.sql_dir)!r}; `python -m etl sql --copy DIR` "
-            "writes a full editable copy of the packaged models to DIR")
-    return path
 
 
 EMBEDDING_FILES = ("document_embeddings.npy", "document_ids.txt", "query_embeddings.npy", "query_ids.txt")
@@ -361,19 +323,19 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
             try:
                 if n_todo:
                     _prefill_cache(ctx, stage)
-                rows = wh.materialize_sql(stage.name, _strip_sql(sql_text))
+                rows = wh.materialize_sql(stage.name, strip_sql(sql_text))
             finally:
                 udfs.close_progress()
             extra["embedded"] = sum(udfs.embedded.values()) - sum(before.values())
             extra["model"] = udfs.embedder.name
             ctx.refresh_cache_view()
         elif stage.per_query:
-            rows = wh.materialize_sql_batched(stage.name, _strip_sql(sql_text),
+            rows = wh.materialize_sql_batched(stage.name, strip_sql(sql_text),
                                               query_batches(ctx, ctx.cfg.duckdb.batch_queries))
         else:
             if stage.cosines:
                 _register_cosines(ctx)
-            rows = wh.materialize_sql(stage.name, _strip_sql(sql_text))
+            rows = wh.materialize_sql(stage.name, strip_sql(sql_text))
     else:
         assert stage.python is not None
         if stage.cosines:
@@ -385,20 +347,13 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
         rows = wh.register_file(stage.name, tmp)
     wh.check_contract(stage.name, contract)
     result = LayerResult(stage.name, rows, time.perf_counter() - t0, fingerprint=fp, extra=extra)
-    from .plan import fingerprint_parts  # what the fingerprint hashed, for `python -m etl plan`
-
-    wh.write_state(result, parts=fingerprint_parts(stage, ctx))
+    wh.write_state(result, parts=fingerprint_parts(stage, ctx))  # what the fingerprint hashed, for `etl plan`
     return result
 
 
 def query_batches(ctx: Context, size: int) -> list[tuple[str, str | None]]:
     """``(from, to)`` query_id ranges of ``size`` queries each, ascending (``to`` None = open end)."""
     return ctx.wh.key_ranges("queries", "query_id", size)
-
-
-def _strip_sql(text: str) -> str:
-    """The SELECT of a model file without trailing semicolons."""
-    return text.strip().rstrip(";")
 
 
 # The texts each embedding stage embeds: (e5 kind, text expression, table, row key, condition).
@@ -546,7 +501,3 @@ def _remove_stale_tmp(cfg: Config) -> None:
             if p.is_file():
                 p.unlink(missing_ok=True)
 
-
-def now_iso() -> str:
-    """Current UTC time, ISO 8601."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -26,11 +26,11 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .context import read_sql, utc_now
 from .warehouse import atomic_write_text
 
 ROLE_ORDER = ("positive", "hard", "related", "easy")
@@ -67,7 +67,7 @@ class Result:
 
 def read_report_sql(sql_dir: Path, name: str, folder: str = "report") -> str:
     """The SELECT of ``etl/sql/<folder>/<name>.sql`` without trailing semicolons."""
-    return (sql_dir / folder / f"{name}.sql").read_text(encoding="utf-8").strip().rstrip(";")
+    return read_sql(sql_dir / folder / f"{name}.sql")
 
 
 def run_report_sql(con: Any, sql_dir: Path, name: str, folder: str = "report") -> Result:
@@ -438,7 +438,7 @@ def write_report(cfg: Config, con: Any, out_dir: Path) -> Path:
     teacher = t.kind + (f" ({t.cross_encoder})" if t.kind != "biencoder" else "")
     md: list[str] = [
         "# Dataset quality report\n",
-        f"Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} from the warehouse `{cfg.warehouse_dir}`. "
+        f"Generated {utc_now('%Y-%m-%d %H:%M UTC')} from the warehouse `{cfg.warehouse_dir}`. "
         "Every number below is a SQL query over the layer views; each section names its file, which "
         "runs unchanged in the DuckDB CLI against `etl.duckdb` (unset variables take the defaults).\n",
         "" if have_mpl else "_Plots skipped: matplotlib is not installed (pip install -e '.[report]')._\n",

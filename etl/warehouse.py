@@ -24,14 +24,13 @@ import hashlib
 import json
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from .config import Config
+from .config import SQL_VARIABLES, Config, config_value
 from .embed import cache_key_prefix
 
 
@@ -130,43 +129,15 @@ class Warehouse:
 
     # ---- parameters -----------------------------------------------------------------------
     def _set_variables(self) -> None:
-        """Expose config values to SQL models as DuckDB variables (``getvariable('name')``)."""
+        """Expose config values to SQL models as DuckDB variables (``getvariable('name')``).
+
+        Which variable holds which setting: :data:`etl.config.SQL_VARIABLES` (and
+        ``DERIVED_SQL_VARIABLES`` for the computed ones; ``embedding_dim`` is set when the model loads).
+        """
         c = self.cfg
-        variables: dict[str, Any] = {
-            "seed": c.run.seed,
-            "clean_min_chars": c.clean.min_chars,
-            "clean_max_chars": c.clean.max_chars,
-            "clean_namespaces": c.clean.namespaces,
-            "clean_drop_redirects": c.clean.drop_redirects,
-            "clean_dedupe": c.clean.dedupe,
-            "chunk_target_chars": c.chunk.target_chars,
-            "chunk_max_chars": c.chunk.max_chars,
-            "chunk_min_chars": c.chunk.min_chars,
-            "query_methods": c.queries.methods,
-            "query_max_per_source": c.queries.max_per_source,
-            "query_min_chars": c.queries.min_chars,
-            "query_max_chars": c.queries.max_chars,
-            "query_min_positive_chars": c.queries.min_positive_chars,
-            "embedding_model": c.embedding.model,
-            "embedding_cache_key": cache_key_prefix(c.embedding),  # the embedding cache's key prefix
-            "skip_top": c.mining.skip_top,
-            "top_k": c.mining.top_k,
-            "exclude_same_document": c.filters.exclude_same_document,
-            "relative_margin": c.filters.relative_margin,
-            "margin_baseline": c.filters.margin_baseline,
-            "absolute_margin": c.filters.absolute_margin,
-            "near_duplicate_cosine": c.filters.near_duplicate_cosine,
-            "positive_max_rank": c.filters.positive_max_rank,
-            "drop_low_rank_positives": c.filters.drop_low_rank_positives,
-            "teacher_max_candidates": c.teacher.max_candidates,
-            "n_hard": c.negatives.hard,
-            "n_related": c.negatives.related,
-            "n_easy": c.negatives.easy,
-            "easy_pool": c.negatives.easy_pool,
-            "score_scale": c.scoring.scale,
-            "score_decimals": c.scoring.decimals,
-            "val_fraction": c.split.val_fraction,
-        }
+        variables: dict[str, Any] = {name: config_value(c, key) for name, key in SQL_VARIABLES.items()}
+        variables["embedding_cache_key"] = cache_key_prefix(c.embedding)  # the embedding cache's key prefix
+        variables["top_k"] = c.mining.top_k  # the runner narrows it on small corpora (pipeline.effective_top_k)
         for name, value in variables.items():
             self.con.execute(f"SET VARIABLE {name} = ?", [value])
         self.con.execute("SET VARIABLE source_url_prefix = MAP(?::VARCHAR[], ?::VARCHAR[])",
@@ -342,9 +313,3 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
 
-
-def run_timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    """Call ``fn`` and return (result, seconds)."""
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
