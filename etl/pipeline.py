@@ -13,7 +13,7 @@ import importlib.util
 import inspect
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,9 @@ from typing import Any
 from . import embed as embed_mod
 from . import export as export_mod
 from . import ingest, mine, queryfiles
-from .config import Config, fingerprint_of
+from .config import DEFAULT_SQL_DIR, Config, fingerprint_of, sql_variable_keys
 from .context import Context, read_sql, sql_model, strip_sql
+from .sqlrefs import ModelRefs, model_refs
 from .warehouse import Contract, LayerResult, Warehouse, sha
 
 
@@ -31,13 +32,14 @@ class Stage:
     """One step of the pipeline: a SQL model (``etl/sql/<name>.sql``) or a Python function."""
 
     name: str
-    deps: tuple[str, ...]
-    config_keys: tuple[str, ...] = ()
+    deps: tuple[str, ...] = ()  # input layers; SQL stages: derived from the file (_derive_from_sql)
+    config_keys: tuple[str, ...] = ()  # SQL stages: + the keys of the variables the file reads
     python: Callable[[Context, Path], dict[str, Any]] | None = None
     contract: Contract | None = None  # for Python stages; SQL stages declare theirs in the file
     embeds: bool = False  # needs the embedding UDFs
     cosines: bool = False  # needs the cosine-by-row UDFs over the exported embeddings (etl.mine.CosineUDFs)
     per_query: bool = False  # runs in query_id ranges of duckdb.batch_queries queries (batch_from/batch_to)
+    runs_sql: tuple[str, ...] = ()  # Python stages: SQL models they run (their variables count as config keys)
 
     @property
     def is_sql(self) -> bool:
@@ -114,47 +116,109 @@ def _register_cosines(ctx: Context) -> None:
     mine.CosineUDFs(p_npy, q_npy).register(ctx.wh.con)
 
 
+# SQL stages take their inputs (the layers after FROM / JOIN) and config keys (those of the
+# getvariable() names, etl.config.SQL_VARIABLES) from their file: see _derive_from_sql below. What
+# a SQL stage lists here is only what its text cannot show (the embedding UDFs' settings).
 STAGES: list[Stage] = [
     Stage("raw_documents", (), ("sources",), python=_raw_documents,
           contract=Contract(not_null=["source", "file", "line_no"],
                             checks=["(reject_reason IS NULL) = (text IS NOT NULL AND title IS NOT NULL)"])),
-    Stage("clean_documents", ("raw_documents",), ("clean", "sources")),
-    Stage("documents", ("clean_documents",)),
-    Stage("quarantine", ("raw_documents", "clean_documents")),
-    Stage("chunks", ("documents",), ("chunk",)),
-    Stage("passage_duplicates", ("chunks",)),
-    Stage("passages", ("chunks", "passage_duplicates"), ("chunk",)),
+    Stage("clean_documents"),
+    Stage("documents"),
+    Stage("quarantine"),
+    Stage("chunks"),
+    Stage("passage_duplicates"),
+    Stage("passages"),
     Stage("query_file_rows", (), ("query_files",), python=_query_file_rows,
           contract=Contract(not_null=["name", "file", "line_no"])),
-    Stage("user_queries", ("query_file_rows", "documents", "chunks")),
+    Stage("user_queries"),
     Stage("llm_questions", ("passages",), ("queries.methods", "llm", "run.seed"), python=_llm_questions),
-    Stage("queries", ("documents", "chunks", "passage_duplicates", "passages", "user_queries", "llm_questions"),
-          ("queries", "run.seed", "filters.drop_low_rank_positives")),
-    Stage("passage_embeddings", ("passages",), ("embedding.model", "embedding.max_chars"), embeds=True),
-    Stage("query_embeddings", ("queries",), ("embedding.model", "embedding.max_chars"), embeds=True),
+    Stage("queries"),
+    Stage("passage_embeddings", config_keys=("embedding.model", "embedding.max_chars"), embeds=True),
+    Stage("query_embeddings", config_keys=("embedding.model", "embedding.max_chars"), embeds=True),
     Stage("neighbours", ("passage_embeddings", "query_embeddings"), ("mining", "paths.export"),
           python=_neighbours,
           contract=Contract(unique=[["query_id", "rank"]], not_null=["query_id", "passage_id", "similarity"],
                             checks=["isfinite(similarity)", "rank >= 1"])),
     Stage("clusters", ("passage_embeddings",), ("clustering", "run.seed", "mining.engine"), python=_clusters,
           contract=Contract(unique=[["passage_id"]], not_null=["passage_id", "cluster_id"])),
-    Stage("candidates", ("queries", "query_embeddings", "passage_embeddings", "neighbours", "clusters", "documents"),
-          ("negatives", "mining.skip_top", "mining.top_k", "filters.exclude_same_document",
-           "filters.near_duplicate_cosine",
-           "filters.positive_max_rank",
-           "filters.drop_low_rank_positives", "run.seed"), cosines=True),
+    Stage("candidates", cosines=True),
     Stage("teacher_scores", ("candidates", "queries", "passages", "passage_embeddings"),
-          ("teacher", "mining.top_k", "negatives", "filters.relative_margin", "filters.absolute_margin",
-           "filters.margin_baseline", "filters.near_duplicate_cosine"),
-          python=_teacher_scores, cosines=True,
+          ("teacher", "mining.top_k", "negatives"), python=_teacher_scores, cosines=True,
+          runs_sql=("scored_candidates",),
           contract=Contract(unique=[["query_id", "role", "rank"]], not_null=["query_id", "teacher_score"],
                             checks=["isfinite(teacher_score)"])),
-    Stage("scored_candidates", ("teacher_scores", "passage_embeddings"),
-          ("filters.relative_margin", "filters.absolute_margin", "filters.margin_baseline",
-           "filters.near_duplicate_cosine", "mining.top_k"), cosines=True),
-    Stage("examples", ("scored_candidates", "queries", "passages", "documents"),
-          ("negatives", "scoring", "split", "run.seed", "mining.top_k"), per_query=True),
+    Stage("scored_candidates", cosines=True),
+    Stage("examples", per_query=True),
 ]
+
+
+def covers(keys: Sequence[str], key: str) -> bool:
+    """Whether config key ``key`` is among ``keys`` or under one of them (``negatives`` covers ``negatives.hard``)."""
+    return any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def _merge_keys(keys: Sequence[str]) -> tuple[str, ...]:
+    """``keys`` sorted, without repeats and without the keys a broader one among them covers."""
+    unique = set(keys)
+    return tuple(sorted(k for k in unique if not covers([u for u in unique if u != k], k)))
+
+
+def model_refs_of(stage_name: str, sql_text: str) -> ModelRefs:
+    """The layers (earlier or later stages, never its own) and variables a stage's SQL text reads."""
+    return model_refs(sql_text, [s.name for s in STAGES if s.name != stage_name])
+
+
+def variable_keys(variables: Sequence[str]) -> tuple[str, ...]:
+    """The config keys behind SQL variables (:func:`etl.config.sql_variable_keys`); a clear error for an unknown one."""
+    keys: list[str] = []
+    for v in variables:
+        try:
+            keys += sql_variable_keys(v)
+        except KeyError:
+            raise ValueError(f"getvariable('{v}') is no variable the pipeline sets (etl.config.SQL_VARIABLES "
+                             "lists them, with the config key each holds)") from None
+    return tuple(keys)
+
+
+def _derive_from_sql(stages: list[Stage]) -> None:
+    """Set each SQL stage's inputs and config keys from its packaged model (and Python stages' ``runs_sql``)."""
+    order = {s.name: i for i, s in enumerate(stages)}
+    for stage in stages:
+        names = ([stage.name] if stage.is_sql else []) + list(stage.runs_sql)
+        for name in names:
+            refs = model_refs_of(stage.name, (DEFAULT_SQL_DIR / f"{name}.sql").read_text(encoding="utf-8"))
+            if stage.is_sql:
+                stage.deps = tuple(sorted(refs.layers, key=order.__getitem__))
+            stage.config_keys = _merge_keys([*stage.config_keys, *variable_keys(refs.variables)])
+
+
+_derive_from_sql(STAGES)
+
+
+def check_sql_model(stage: Stage, cfg: Config) -> None:
+    """Fail when the configured model of a SQL stage reads a layer or variable its stage does not get.
+
+    The packaged models pass by construction (the stage list is derived from them); an edited copy
+    in ``paths.sql`` that reads another layer or setting would otherwise build a layer whose
+    fingerprint misses that input, so a later change to it would not re-run the stage.
+    """
+    path = sql_model(cfg, stage.name)
+    refs = model_refs_of(stage.name, path.read_text(encoding="utf-8"))
+    problems = [f"reads layer {layer}, which is not among its inputs ({', '.join(stage.deps) or 'none'})"
+                for layer in refs.layers if layer not in stage.deps]
+    try:
+        keys = variable_keys(refs.variables)
+    except ValueError as exc:
+        problems.append(str(exc))
+        keys = ()
+    problems += [f"reads a variable set from {k}, which is not among its config keys" for k in keys
+                 if not covers(stage.config_keys, k)]
+    later = [d for d in refs.layers if STAGE_NAMES.index(d) > STAGE_NAMES.index(stage.name)]
+    problems += [f"reads layer {d}, which is built after it" for d in later]
+    if problems:
+        raise ValueError(f"SQL model {path} does not fit stage {stage.name}: " + "; ".join(dict.fromkeys(problems))
+                         + " (a model reads the layers and settings its packaged version reads)")
 STAGE_NAMES = [s.name for s in STAGES] + ["export"]
 
 # The etl modules whose code each stage runs, hashed into its fingerprint: editing one re-runs
@@ -461,7 +525,7 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, until: str | None 
         ingest.resolve_files(s)
     for stage in STAGES:
         if stage.is_sql:
-            sql_model(cfg, stage.name)
+            check_sql_model(stage, cfg)
     started = time.perf_counter()
     wh = Warehouse(cfg)
     try:
