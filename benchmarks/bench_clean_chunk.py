@@ -247,23 +247,20 @@ def compare(sql_layers: Path, pd_dir: Path) -> dict[str, int]:
 
 
 SQL_STAGES = ["clean_documents", "documents", "quarantine", "passages"]
-TUNED_DIR = Path(__file__).resolve().parent / "tuned_sql"
-
-
-def tuned_sql_dir(cfg, dest: Path) -> Path:
-    """A copy of the SQL models with the proposed tuned files (benchmarks/tuned_sql/*.sql) laid over them."""
+def tuned_sql_dir(cfg, tuned: Path, dest: Path) -> Path:
+    """A copy of the SQL models with the proposed files (``tuned/*.sql``, from ``--tuned DIR``) laid over them."""
     import shutil
 
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(cfg.sql_dir, dest)
-    for f in TUNED_DIR.glob("*.sql"):
+    for f in tuned.glob("*.sql"):
         shutil.copy(f, dest / f.name)
     return dest
 
 
-def run_tuned(corpus: Path, wh: Path, base_wh: Path, threads: int = 0, log=print) -> dict:
-    """The SQL path with the tuned models, from the same raw_documents; outputs compared with ``base_wh``."""
+def run_tuned(corpus: Path, wh: Path, base_wh: Path, tuned: Path, threads: int = 0, log=print) -> dict:
+    """The SQL path with the models of ``tuned`` over etl/sql/, same raw_documents; layers compared with ``base_wh``."""
     import os
     import shutil
 
@@ -274,10 +271,10 @@ def run_tuned(corpus: Path, wh: Path, base_wh: Path, threads: int = 0, log=print
         shutil.rmtree(wh)
     (wh / "layers").mkdir(parents=True)
     os.link(base_wh / "layers" / "raw_documents.parquet", wh / "layers" / "raw_documents.parquet")
-    sql_dir = tuned_sql_dir(make_config(corpus, base_wh), wh / "sql")
+    sql_dir = tuned_sql_dir(make_config(corpus, base_wh), tuned, wh / "sql")
     extra = [f'paths.sql="{sql_dir}"'] + ([f"duckdb.threads={threads}"] if threads else [])
     cfg = make_config(corpus, wh, extra)
-    log(f"  SQL path with benchmarks/tuned_sql ({', '.join(sorted(f.name for f in TUNED_DIR.glob('*.sql')))}):"
+    log(f"  SQL path with {tuned} ({', '.join(sorted(f.name for f in tuned.glob('*.sql')))}):"
         f" (load {load()})")
     c0 = cpu_seconds()
     t, rows, per = sql_path(cfg, log=log)
@@ -310,7 +307,7 @@ def sql_path(cfg, log=print) -> tuple[float, dict[str, int], dict[str, float]]:
 
 
 def run(docs: int, files: int, corpus: Path, wh: Path, pandas_out: Path, threads: int = 0,
-        skip_pandas: bool = False, tuned: bool = False, sets: list[str] | None = None, log=print) -> dict:
+        skip_pandas: bool = False, tuned: Path | None = None, sets: list[str] | None = None, log=print) -> dict:
     """Generate (if needed), ingest, SQL path, pandas path, compare; return the results."""
     ensure_corpus(corpus, docs, files, log=log)
     extra = ([f"duckdb.threads={threads}"] if threads else []) + list(sets or [])
@@ -330,7 +327,7 @@ def run(docs: int, files: int, corpus: Path, wh: Path, pandas_out: Path, threads
               "raw_rows": ing.rows, "sql_s": t_sql, "sql_cpu_s": c_sql, "sql_rows": rows_sql,
               "sql_stage_s": per_sql}
     if tuned:
-        result.update(run_tuned(corpus, wh.with_name(wh.name + "_tuned"), wh, threads, log=log))
+        result.update(run_tuned(corpus, wh.with_name(wh.name + "_tuned"), wh, tuned, threads, log=log))
     if skip_pandas:
         return result
     log(f"  pandas path: (load {load()})")
@@ -362,7 +359,8 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=0, help="also time the SQL path at this many docs (e.g. 1000000)")
     ap.add_argument("--large-files", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0, help="DuckDB threads (0 = all cores)")
-    ap.add_argument("--tuned", action="store_true", help="also run the proposed benchmarks/tuned_sql models")
+    ap.add_argument("--tuned", type=Path, default=None, metavar="DIR",
+                    help="also run the SQL models in DIR (laid over a copy of etl/sql/) and compare their layers")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench"), help="scratch directory")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for both SQL runs, e.g. --set 'duckdb.memory_limit=\"4GB\"'")
@@ -379,7 +377,7 @@ def main() -> None:
          "documents": r["pandas_rows"]["documents"], "passages": r["pandas_rows"]["passages"]},
     ]
     if a.tuned:
-        rows.insert(2, {"path": "SQL clean+chunk, tuned_sql", "docs": a.docs, "seconds": r["tuned_s"],
+        rows.insert(2, {"path": "SQL clean+chunk, --tuned DIR", "docs": a.docs, "seconds": r["tuned_s"],
                         "cpu_s": r["tuned_cpu_s"], "documents": r["tuned_rows"]["documents"],
                         "passages": r["tuned_rows"]["passages"]})
     results = {"small": r}
@@ -395,7 +393,7 @@ def main() -> None:
                      "cpu_s": big["sql_cpu_s"],
                      "documents": big["sql_rows"]["documents"], "passages": big["sql_rows"]["passages"]})
         if a.tuned:
-            rows.append({"path": "SQL clean+chunk, tuned_sql", "docs": a.large, "seconds": big["tuned_s"],
+            rows.append({"path": "SQL clean+chunk, --tuned DIR", "docs": a.large, "seconds": big["tuned_s"],
                          "cpu_s": big["tuned_cpu_s"], "documents": big["tuned_rows"]["documents"],
                          "passages": big["tuned_rows"]["passages"]})
     print()
