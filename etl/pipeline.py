@@ -226,6 +226,7 @@ STAGE_NAMES = [s.name for s in STAGES] + ["export"]
 # body in this file and the helpers of this file it calls (see _stage_code); the runner itself
 # (run_stage, the cache SQL) is not stage code. llm_questions hashes etl.llm only when the "llm"
 # query method is on (otherwise it writes an empty layer).
+EMBED_MODULES = ("etl.embed", "etl.embed_backends", "etl.embed_pool", "etl.embed_cache", "etl.device")
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "raw_documents": ("etl.ingest",),
     "clean_documents": (),
@@ -238,12 +239,13 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "user_queries": (),
     "llm_questions": ("etl.llm",),
     "queries": (),
-    "passage_embeddings": ("etl.embed",),  # the embedding UDFs
-    "query_embeddings": ("etl.embed",),
+    "passage_embeddings": EMBED_MODULES,  # the embedding UDFs and what they run
+    "query_embeddings": EMBED_MODULES,
     "neighbours": ("etl.mine", "etl.torch_ops"),  # the torch engine (mining.engine)
     "clusters": ("etl.mine", "etl.torch_ops"),
     "candidates": ("etl.mine",),  # the cosine UDFs (etl.mine.CosineUDFs)
-    "teacher_scores": ("etl.teacher", "etl.embed", "etl.mine"),  # prepare_text; the cosine UDFs of its filter rounds
+    # prepare_text; the cross-encoder's device; the cosine UDFs of its filter rounds
+    "teacher_scores": ("etl.teacher", "etl.embed", "etl.device", "etl.mine"),
     "scored_candidates": ("etl.mine",),  # near_duplicate_of_earlier (etl.mine.CosineUDFs)
     "examples": (),
 }

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import Config, TeacherConfig
+from .device import resolve_device
 from .embed import model_slug, prepare_text
 
 SCHEMA = pa.schema([
@@ -218,12 +219,11 @@ def load_cross_encoder(name: str, device: str = "auto", fp16: bool = True) -> An
     key = (name, device, fp16)
     if key not in _MODELS:
         try:
-            import torch
+            import torch  # noqa: F401 - CrossEncoder needs it; a clear error when it is missing
             from sentence_transformers import CrossEncoder
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise RuntimeError("teacher.kind needs sentence-transformers and torch: pip install -e '.[st]'") from exc
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)  # auto: cuda, else mps, else cpu (as for the embedding model)
         model = CrossEncoder(name, device=device)
         if fp16 and device.startswith("cuda"):
             model.model.half()
