@@ -221,10 +221,8 @@ def test_md_table_escapes_cells():
 def test_report_without_matplotlib(report_run, tmp_path, monkeypatch):
     import importlib.util
 
-    import etl.report as report_mod
-
     real = importlib.util.find_spec
-    monkeypatch.setattr(report_mod.importlib.util, "find_spec",
+    monkeypatch.setattr(importlib.util, "find_spec",  # what etl.report_plots.have_matplotlib asks
                         lambda name, *a: None if name == "matplotlib" else real(name, *a))
     con = layers_con(report_run["cfg"].warehouse_dir)
     try:
