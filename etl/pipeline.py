@@ -222,7 +222,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "passages": (),
     "query_file_rows": ("etl.queryfiles", "etl.ingest"),  # queryfiles reads JSONL with ingest's reader
     "user_queries": (),
-    "llm_questions": ("etl.llm",),
+    "llm_questions": ("etl.llm", "etl.llm_prompt", "etl.llm_client", "etl.llm_cache"),
     "queries": (),
     "passage_embeddings": ("etl.embed",),  # the embedding UDFs
     "query_embeddings": ("etl.embed",),

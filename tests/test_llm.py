@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl import llm
+from etl import llm, llm_cache
 from etl.config import load_config
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
@@ -337,7 +337,7 @@ def test_crash_after_calls_loses_nothing(tmp_path, server, monkeypatch):
 
 def test_cache_flushes_during_the_run(tmp_path, server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)
-    monkeypatch.setattr(llm, "CACHE_FLUSH_EVERY", 3)
+    monkeypatch.setattr(llm_cache, "CACHE_FLUSH_EVERY", 3)
     con = make_con([f"k{i}" for i in range(7)])
     cfg = make_cfg(tmp_path, server)
     counts, _ = run_stage(cfg, con, tmp_path)
@@ -349,8 +349,8 @@ def test_cache_flushes_during_the_run(tmp_path, server, monkeypatch):
 
 def test_cache_compaction_and_unreadable_files(tmp_path, server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)
-    monkeypatch.setattr(llm, "CACHE_FLUSH_EVERY", 1)
-    monkeypatch.setattr(llm, "CACHE_COMPACT_ABOVE", 3)
+    monkeypatch.setattr(llm_cache, "CACHE_FLUSH_EVERY", 1)
+    monkeypatch.setattr(llm_cache, "CACHE_COMPACT_ABOVE", 3)
     con = make_con([f"k{i}" for i in range(5)])
     cfg = make_cfg(tmp_path, server)
     run_stage(cfg, con, tmp_path)
