@@ -311,6 +311,8 @@ def write_llm_questions(cfg: Config, con: Any, out: Path, cache_dir: Path, progr
         if aborted:
             client.stop.set()
         pool.shutdown(wait=not aborted, cancel_futures=aborted)
+        if not aborted:
+            client.close()
         cache.flush()
         run.bar.close()
         run.writer.close()

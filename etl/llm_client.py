@@ -1,36 +1,58 @@
-"""The chat-completions client of query method 3: retries, backoff, a shared 429 pause, key redaction.
+"""The chat-completions client of the LLM stages: the ``openai`` SDK, a shared 429 pause, key redaction.
 
-Connection errors, timeouts, 5xx, 408, 429 and malformed bodies are retried up to
-``llm.max_retries`` times with exponential backoff ``backoff_s * 2**attempt`` (capped at
-:data:`MAX_BACKOFF_S`, plus up to 25 % jitter); a ``Retry-After`` header on 429/503 wins (capped at
-:data:`MAX_RETRY_AFTER_S`) and a 429 pauses every worker, not only the one that got it. Other 4xx
-are not retried. Redirects are never followed, so the key is never sent to another host.
+Install with ``pip install 'ko-sparse-etl[llm]'`` (the ``openai`` SDK); any OpenAI-compatible
+server works, since the SDK takes any ``base_url``. The SDK retries connection errors, timeouts,
+408, 409, 429 and 5xx up to ``llm.max_retries`` times with its exponential backoff (0.5 s doubling,
+at most 8 s, with jitter), honours ``Retry-After`` and pools connections; ``llm.timeout_s`` bounds
+each request. On top of it:
+
+* a 429 pauses every worker, not only the one that got it, for its ``Retry-After`` (capped at
+  :data:`MAX_RETRY_AFTER_S`) or ``llm.backoff_s * 2**attempt`` (capped at :data:`MAX_BACKOFF_S`);
+* a 2xx body that is not a chat completion (``malformed_response``) is asked again, up to
+  ``llm.max_retries`` times with that same backoff (the SDK would not retry it);
+* redirects are never followed, so the key is never sent to another host;
+* the key is replaced by ``[REDACTED]`` in everything the client returns.
 """
 
 from __future__ import annotations
 
 import email.utils
-import http.client
 import json
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from .config import LLMConfig
+from .llm_prompt import LLMError
 
 MAX_BACKOFF_S = 60.0
 MAX_RETRY_AFTER_S = 300.0
-RETRY_STATUS = (408, 429)  # retried besides every 5xx
 REDACTED = "[REDACTED]"
 DETAIL_CHARS = 300
+EXTRA_HINT = "pip install 'ko-sparse-etl[llm]' (or pip install 'openai>=1.40')"
+_NO_KEY = "ko-sparse-etl-no-key"  # the SDK insists on a key; the header is removed before sending
 
 
 class MalformedResponseError(ValueError):
     """A 2xx body that is not a chat-completions response."""
+
+
+class MissingExtraError(LLMError):
+    """The ``openai`` SDK (extra ``llm``) is not installed."""
+
+
+def import_openai() -> Any:
+    """The ``openai`` module, or :class:`MissingExtraError` naming the extra to install."""
+    try:
+        import openai
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"the LLM stages (query method 'llm', the [judge]) need the openai SDK, which is not installed: "
+            f"{EXTRA_HINT}") from exc
+    return openai
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -103,45 +125,54 @@ class CallResult:
     detail: str = ""
 
 
-@dataclass
-class _Attempt:
-    status: str
-    retryable: bool = False
-    retry_after: float | None = None
-    content: str | None = None
-    finish_reason: str | None = None
-    usage: dict[str, int] = field(default_factory=dict)
-    detail: str = ""
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Refuse redirects: the Authorization header must never follow one to another host."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
-        return None
-
-
 class ChatClient:
-    """Thread-safe chat-completions client with retries, backoff and a shared 429 pause."""
+    """Thread-safe chat-completions client over the ``openai`` SDK, with a shared 429 pause.
+
+    ``complete(prompt)`` never raises for HTTP problems: it returns a :class:`CallResult` whose
+    ``status`` is ``ok`` or the reason of the last failure (``http_error:<code>``, ``timeout``,
+    ``connection_error``, ``malformed_response``) and whose ``requests`` counts the HTTP requests
+    sent, the SDK's retries included.
+    """
 
     def __init__(self, llm: LLMConfig, api_key: str | None):
+        openai = import_openai()
         self.llm = llm
         self.url = llm.base_url.rstrip("/") + "/chat/completions"
         self._key = api_key
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json",
-                         "User-Agent": "ko-sparse-etl"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        self._errors = openai
         self._lock = threading.Lock()
         self._pause_until = 0.0
+        self._local = threading.local()
         self.stop = threading.Event()
+        http = openai.DefaultHttpxClient(
+            follow_redirects=False, timeout=llm.timeout_s,
+            event_hooks={"request": [self._before_request], "response": [self._after_response]})
+        self._sdk = openai.OpenAI(base_url=llm.base_url.rstrip("/"), api_key=api_key or _NO_KEY,
+                                  max_retries=llm.max_retries, timeout=llm.timeout_s, http_client=http,
+                                  default_headers={"User-Agent": "ko-sparse-etl"})
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._sdk.close()
 
     def redact(self, text: str) -> str:
         """``text`` with any occurrence of the API key replaced."""
         if self._key and text and self._key in text:
             return text.replace(self._key, REDACTED)
         return text
+
+    # -- hooks run by the HTTP client for every request the SDK sends (its retries included) --
+
+    def _before_request(self, request: Any) -> None:
+        self._wait_pause()
+        self._local.requests = getattr(self._local, "requests", 0) + 1
+        if not self._key:
+            request.headers.pop("Authorization", None)
+
+    def _after_response(self, response: Any) -> None:
+        if response.status_code == 429:
+            delay = parse_retry_after(response.headers.get("Retry-After"))
+            self._pause_all(delay if delay is not None else self._backoff(self._local.requests - 1))
 
     def _backoff(self, attempt: int) -> float:
         delay = min(self.llm.backoff_s * (2 ** attempt), MAX_BACKOFF_S)
@@ -159,61 +190,45 @@ class ChatClient:
         with self._lock:
             self._pause_until = max(self._pause_until, time.monotonic() + seconds)
 
-    def _once(self, payload: bytes) -> _Attempt:
-        req = urllib.request.Request(self.url, data=payload, headers=self._headers, method="POST")
+    def _once(self, prompt: str) -> CallResult:
+        """One SDK call (with the SDK's own retries) turned into a :class:`CallResult`."""
+        errors = self._errors
         try:
-            with self._opener.open(req, timeout=self.llm.timeout_s) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            code = int(exc.code)
-            retry_after = parse_retry_after(exc.headers.get("Retry-After")) if code in (429, 503) else None
+            raw = self._sdk.chat.completions.with_raw_response.create(
+                model=self.llm.model, messages=[{"role": "user", "content": prompt}],
+                temperature=self.llm.temperature, max_tokens=self.llm.max_tokens)
+            body = raw.http_response.content
+        except errors.APIStatusError as exc:
+            code = int(exc.status_code)
             try:
-                snippet = exc.read(DETAIL_CHARS).decode("utf-8", "replace")
+                snippet = exc.response.text[:DETAIL_CHARS]
             except Exception:  # noqa: BLE001 - the body is only a hint for the error message
                 snippet = ""
-            finally:
-                exc.close()
-            return _Attempt(f"http_error:{code}", retryable=code in RETRY_STATUS or code >= 500,
-                            retry_after=retry_after, detail=f"HTTP {code}: {snippet}".strip())
-        except TimeoutError as exc:
-            return _Attempt("timeout", retryable=True, detail=f"no answer within {self.llm.timeout_s}s ({exc})")
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
-                return _Attempt("timeout", retryable=True, detail=f"connect timed out after {self.llm.timeout_s}s")
-            return _Attempt("connection_error", retryable=True, detail=f"{type(exc).__name__}: {exc.reason}")
-        except (http.client.HTTPException, OSError) as exc:
-            return _Attempt("connection_error", retryable=True, detail=f"{type(exc).__name__}: {exc}")
+            return CallResult(f"http_error:{code}", detail=f"HTTP {code}: {snippet}".strip())
+        except errors.APITimeoutError:
+            return CallResult("timeout", detail=f"no answer within {self.llm.timeout_s}s")
+        except errors.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            return CallResult("connection_error", detail=f"{type(cause).__name__}: {cause}")
         try:
-            content, finish, usage = extract_content(raw)
+            content, finish, usage = extract_content(body)
         except MalformedResponseError as exc:
-            return _Attempt("malformed_response", retryable=True, detail=f"{exc}: {raw[:120]!r}")
-        return _Attempt("ok", content=content, finish_reason=finish, usage=usage)
+            return CallResult("malformed_response", detail=f"{exc}: {body[:120]!r}")
+        return CallResult("ok", content=content, finish_reason=finish, usage=usage)
 
     def complete(self, prompt: str) -> CallResult:
-        """Send one chat completion for ``prompt``, retrying transient failures; never raises for HTTP problems."""
-        payload = json.dumps({
-            "model": self.llm.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": self.llm.temperature,
-            "max_tokens": self.llm.max_tokens,
-        }, ensure_ascii=False).encode("utf-8")
-        attempts = self.llm.max_retries + 1
-        requests = 0
-        last = _Attempt("cancelled")
-        for attempt in range(attempts):
+        """Send one chat completion for ``prompt``: the SDK retries transport failures, this loop malformed bodies."""
+        self._local.requests = 0
+        last = CallResult("cancelled")
+        for attempt in range(self.llm.max_retries + 1):
             self._wait_pause()
             if self.stop.is_set():
                 break
-            last = self._once(payload)
-            requests += 1
-            if last.status == "ok" or not last.retryable or attempt == attempts - 1:
+            last = self._once(prompt)
+            if last.status != "malformed_response" or attempt == self.llm.max_retries:
                 break
-            delay = last.retry_after if last.retry_after is not None else self._backoff(attempt)
-            if last.status == "http_error:429":
-                self._pause_all(delay)
-            if self.stop.wait(delay):
+            if self.stop.wait(self._backoff(attempt)):
                 break
         content = self.redact(last.content) if last.content is not None else None
-        return CallResult(last.status, content, last.finish_reason, last.usage, requests,
+        return CallResult(last.status, content, last.finish_reason, last.usage, self._local.requests,
                           self.redact(last.detail)[:DETAIL_CHARS])
-

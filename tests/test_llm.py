@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import threading
 import time
 import unicodedata
@@ -63,6 +64,8 @@ class FakeLLM:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse can be seen
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -77,7 +80,8 @@ class FakeLLM:
                     fake.hits[key] += 1
                     fake.times[key].append(time.monotonic())
                     fake.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                          "body": body, "key": key})
+                                          "body": body, "key": key, "port": self.client_address[1],
+                                          "t": time.monotonic()})
                     fake.active += 1
                     fake.max_active = max(fake.max_active, fake.active)
                     actions = fake.script.get(key, [fake.default])
@@ -452,6 +456,35 @@ def test_truncated_and_empty_answers(tmp_path, server, monkeypatch):
     counts, rows = run_stage(make_cfg(tmp_path, server), make_con(["cut", "empty", "fine"]), tmp_path)
     assert counts["failures"] == {"empty_response": 1, "truncated": 1}
     assert counts["ok_questions"] == 2
+
+
+def test_without_the_openai_extra_the_error_names_it(tmp_path, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    monkeypatch.setitem(sys.modules, "openai", None)  # import openai -> ImportError
+    with pytest.raises(llm.LLMError, match=r"ko-sparse-etl\[llm\]"):
+        run_stage(make_cfg(tmp_path, server), make_con(["a"]), tmp_path)
+    assert server.requests == []
+
+
+def test_a_429_pauses_every_worker(tmp_path, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server.script["a0"] = [("status", 429, {"Retry-After": "1"}, b'{"error": "slow down"}'), ("ok", None)]
+    server.delay = 0.1
+    keys = ["a0"] + [f"b{i}" for i in range(6)]
+    counts, _ = run_stage(make_cfg(tmp_path, server, "llm.max_concurrency=2"), make_con(keys), tmp_path)
+    assert counts["ok_questions"] == 2 * len(keys) and counts["retries"] == 1
+    t429 = server.times["a0"][0] + server.delay  # when the 429 was answered
+    during = [r["key"] for r in server.requests if t429 + 0.05 < r["t"] < t429 + 0.9]
+    assert during == []  # the other worker waited too, not only the one that got the 429
+    assert server.times["a0"][1] - t429 >= 0.9
+
+
+def test_connections_are_reused(tmp_path, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    keys = [f"k{i}" for i in range(6)]
+    run_stage(make_cfg(tmp_path, server, "llm.max_concurrency=1"), make_con(keys), tmp_path)
+    assert len(server.requests) == 6
+    assert len({r["port"] for r in server.requests}) == 1  # one pooled keep-alive connection
 
 
 def test_empty_layer(tmp_path):
