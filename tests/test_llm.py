@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl import llm, llm_cache
+from etl import judge, llm, llm_cache
 from etl.config import load_config
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
@@ -42,6 +42,12 @@ def default_answer(prompt: str) -> str:
     m = re.search(r"ID=(\S+)", prompt) or re.search(r"「(.+?)」", prompt)
     topic = m.group(1) if m else hashlib.md5(prompt.encode()).hexdigest()[:6]
     return json.dumps([f"{topic}의 특징은 무엇인가요?", f"{topic}은 언제 처음 알려졌나요?"], ensure_ascii=False)
+
+
+def judge_answer(prompt: str) -> str:
+    """A deterministic judge: "yes" for half of the (query, passage) pairs, by the md5 of the prompt."""
+    yes = int(hashlib.md5(prompt.encode()).hexdigest(), 16) % 2 == 0
+    return json.dumps({"answer": "yes" if yes else "no", "reason": "판정 이유"}, ensure_ascii=False)
 
 
 class FakeLLM:
@@ -108,7 +114,10 @@ class FakeLLM:
             def _act(self, action: tuple, prompt: str) -> None:
                 kind = action[0]
                 if kind == "ok":
-                    self._send(200, ok_body(action[1] if action[1] is not None else default_answer(prompt)))
+                    is_judge = "<질문>" in prompt or prompt.startswith("JUDGE")
+                    answer = action[1] if action[1] is not None else (
+                        judge_answer(prompt) if is_judge else default_answer(prompt))
+                    self._send(200, ok_body(answer))
                 elif kind == "status":
                     self._send(action[1], action[3], action[2])
                 elif kind == "slow":
@@ -677,3 +686,161 @@ top_k = 10
     assert any("특징은 무엇인가요?" in r["query"] for r in records)  # the server's questions are the queries
     for p, data in all_bytes_under(tmp_path):
         assert SECRET.encode() not in data, p
+
+
+# ---- the LLM judge of the hardest negatives --------------------------------------------------
+
+JUDGE_TEMPLATE = "JUDGE ID={title}\nQ={query}\n{passage}\n"
+YES = json.dumps({"answer": "yes", "reason": "단락이 답을 담고 있다"}, ensure_ascii=False)
+NO = '```json\n{"answer": "no", "reason": "주제만 비슷하다"}\n```'
+
+
+def make_judge_con(negatives: dict[str, list[tuple[str, float, str | None]]]) -> duckdb.DuckDBPyConnection:
+    """queries q1.., each with a positive and its negatives (passage title, teacher score, filter_reason)."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE queries (query_id VARCHAR, query VARCHAR)")
+    con.execute("CREATE TABLE passages (passage_id VARCHAR, title VARCHAR, text VARCHAR)")
+    con.execute("CREATE TABLE scored_candidates (query_id VARCHAR, passage_id VARCHAR, role VARCHAR, "
+                "teacher_score DOUBLE, filter_reason VARCHAR)")
+    titles = {t for negs in negatives.values() for t, _, _ in negs}
+    con.executemany("INSERT INTO passages VALUES (?, ?, ?)",
+                    [(f"pid-{t}", t, PASSAGE_TEXT.format(k=t)) for t in sorted(titles | {"pos"})])
+    for qid, negs in negatives.items():
+        con.execute("INSERT INTO queries VALUES (?, ?)", [qid, f"{qid} 지역의 시장은 어디에 있나요?"])
+        con.execute("INSERT INTO scored_candidates VALUES (?, 'pid-pos', 'positive', 9.0, NULL)", [qid])
+        con.executemany("INSERT INTO scored_candidates VALUES (?, ?, 'hard', ?, ?)",
+                        [(qid, f"pid-{t}", score, reason) for t, score, reason in negs])
+    return con
+
+
+def judge_cfg(tmp_path: Path, server: FakeLLM, *extra: str):
+    prompt = tmp_path / "judge.txt"
+    prompt.write_text(JUDGE_TEMPLATE, encoding="utf-8")
+    return make_cfg(tmp_path, server, "judge.enabled=true", f'judge.prompt_file="{prompt}"', "judge.hardest=2",
+                    'judge.model="judge-model"', *extra)
+
+
+def run_judge(cfg, con, tmp_path: Path, name: str = "judged.parquet") -> tuple[dict[str, Any], list[dict]]:
+    out = tmp_path / name
+    counts = judge.write_judged_negatives(cfg, con, out, tmp_path / "wh" / "cache" / "judge", progress=False)
+    table = pq.read_table(out)
+    assert table.schema.equals(judge.SCHEMA), table.schema
+    return counts, table.to_pylist()
+
+
+def test_judge_scripted_run(tmp_path, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server.script.update({
+        "rel": [("ok", YES)], "irr": [("ok", NO)], "e500": [("status", 500, {}, b"boom"), ("ok", YES)],
+        "dead": [("status", 503, {}, b"down")], "junk": [("ok", "글쎄요, 잘 모르겠습니다.")],
+        "low": [("ok", YES)], "filtered": [("ok", YES)],
+    })
+    con = make_judge_con({
+        "q1": [("rel", 5.0, None), ("irr", 4.0, None), ("low", 1.0, None), ("filtered", 8.0, "relative_margin")],
+        "q2": [("e500", 3.0, None), ("dead", 2.5, None)],
+        "q3": [("junk", 3.0, None), ("rel", 2.0, None), ("low", 1.0, None)],
+    })
+    cfg = judge_cfg(tmp_path, server)
+    counts, rows = run_judge(cfg, con, tmp_path)
+
+    # only the 2 hardest usable negatives of each query are asked about: never the positive, a filtered
+    # candidate or a lower one; the same (query, passage) text is asked once per query
+    got = {(r["query_id"], r["passage_id"]): (r["verdict"], r["reason"]) for r in rows}
+    assert got == {
+        ("q1", "pid-rel"): ("relevant", "단락이 답을 담고 있다"),
+        ("q1", "pid-irr"): ("not_relevant", "주제만 비슷하다"),
+        ("q2", "pid-e500"): ("relevant", "단락이 답을 담고 있다"),
+        ("q2", "pid-dead"): ("failed", "http_error:503"),
+        ("q3", "pid-junk"): ("failed", "unparseable"),
+        ("q3", "pid-rel"): ("relevant", "단락이 답을 담고 있다"),
+    }
+    assert dict(server.hits) == {"rel": 2, "irr": 1, "e500": 2, "dead": 3, "junk": 1}
+    assert {r["body"]["model"] for r in server.requests} == {"judge-model"}
+    assert {r["body"]["temperature"] for r in server.requests} == {0.0}
+    assert {r["auth"] for r in server.requests} == {f"Bearer {SECRET}"}
+    prompts = {r["body"]["messages"][0]["content"] for r in server.requests if r["key"] == "irr"}
+    assert prompts == {f"JUDGE ID=irr\nQ=q1 지역의 시장은 어디에 있나요?\n{PASSAGE_TEXT.format(k='irr')}\n"}
+    assert counts["pairs"] == 6 and counts["responses"] == 5 and counts["calls_made"] == 9
+    assert counts["prompt_tokens"] == 5 * 10 and counts["completion_tokens"] == 5 * 20  # the cost, from usage
+    assert counts["verdicts"] == {"relevant": 3, "not_relevant": 1, "failed": 2}
+    assert counts["failures"] == {"http_error:503": 1, "unparseable": 1}
+
+    # second run: every answer is cached (the unparseable one too); only the transport failure is asked again
+    server.reset_counts()
+    counts2, rows2 = run_judge(cfg, con, tmp_path, "again.parquet")
+    assert dict(server.hits) == {"dead": 3}
+    assert rows2 == rows and counts2["cache_hits"] == 5 and counts2["prompt_tokens"] == 0
+    # another judge model asks again
+    server.reset_counts()
+    run_judge(judge_cfg(tmp_path, server, 'judge.model="other"'), con, tmp_path, "other.parquet")
+    assert dict(server.hits) == {"rel": 2, "irr": 1, "e500": 2, "dead": 3, "junk": 1}  # as the first run
+    for p, data in all_bytes_under(tmp_path):
+        assert SECRET.encode() not in data, p
+
+
+def test_judge_that_never_answers_stops_with_the_reasons(tmp_path, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server.default = ("status", 401, {}, f'{{"error": "bad key {SECRET}"}}'.encode())
+    con = make_judge_con({f"q{i}": [(f"n{i}", 1.0, None)] for i in range(3)})
+    with pytest.raises(llm.LLMError) as info:
+        run_judge(judge_cfg(tmp_path, server), con, tmp_path)
+    assert "http_error:401: 3" in str(info.value) and SECRET not in str(info.value)
+    assert not (tmp_path / "judged.parquet").exists()
+
+
+def test_judge_without_pairs_and_disabled_layer(tmp_path, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    counts, rows = run_judge(judge_cfg(tmp_path, server), make_judge_con({}), tmp_path)
+    assert rows == [] and counts["pairs"] == 0 and server.requests == []
+    out = tmp_path / "empty.parquet"
+    judge.write_empty(out)
+    assert pq.read_table(out).schema.equals(judge.SCHEMA)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"answer": "yes", "reason": "답이 있다"}', ("relevant", "답이 있다")),
+    ('```json\n{"answer": "No", "reason": "없다"}\n```', ("not_relevant", "없다")),
+    ('판단: {"verdict": "예"}', ("relevant", "")),
+    ('{"relevant": false}', ("not_relevant", "")),
+    ("<think>yes? no?</think>\n아니오. 다른 내용입니다.", ("not_relevant", "아니오. 다른 내용입니다.")),
+    ("**Yes** - the passage states it", ("relevant", "Yes - the passage states it")),
+    ("글쎄요", (None, "")),
+    ("", (None, "")),
+])
+def test_parse_verdict(text, expected):
+    assert judge.parse_verdict(text) == expected
+
+
+def test_judge_prompt_and_config(tmp_path):
+    tpl = "Q={query} T={title} {passage} {\"answer\": \"yes\"}"
+    assert judge.render_prompt(tpl, "{passage}", "제목", "본문") == 'Q={passage} T=제목 본문 {"answer": "yes"}'
+    cfg = load_config(None, ["judge.enabled=true", 'llm.model="m"'])
+    assert judge.judge_llm_config(cfg).model == "m" and judge.judge_llm_config(cfg).base_url == cfg.llm.base_url
+    bundled = judge.load_template(cfg)
+    assert "{query}" in bundled and "{passage}" in bundled
+    h = judge.prompt_signature(cfg)
+    cfg.judge.temperature = 0.5
+    assert judge.prompt_signature(cfg) != h
+    bad = tmp_path / "bad.txt"
+    bad.write_text("{passage} only", encoding="utf-8")
+    cfg.judge.prompt_file = str(bad)
+    with pytest.raises(llm.LLMError, match=r"\{query\}"):
+        judge.load_template(cfg)
+    from etl.config import ConfigError
+    with pytest.raises(ConfigError, match="judge.model"):
+        load_config(None, ["judge.enabled=true"])
+    with pytest.raises(ConfigError, match="judge.hardest"):
+        load_config(None, ["judge.enabled=true", 'judge.model="j"', "judge.hardest=0"])
+
+
+def test_judge_modules_are_not_hashed_while_the_judge_is_off(monkeypatch):
+    from etl import pipeline
+
+    off = pipeline.Context(load_config(None, []), None)
+    on = pipeline.Context(load_config(None, ["judge.enabled=true", 'llm.model="m"']), None)
+    before_off, before_on = pipeline.planned_fingerprints(off), pipeline.planned_fingerprints(on)
+    real = pipeline.module_source
+    monkeypatch.setattr(pipeline, "module_source", lambda name: real(name) + ("#" if name == "etl.judge" else ""))
+    assert pipeline.planned_fingerprints(off) == before_off
+    after_on = pipeline.planned_fingerprints(on)
+    assert {k for k in before_on if before_on[k] != after_on[k]} == {"judged_negatives", "examples"}
