@@ -844,3 +844,61 @@ def test_judge_modules_are_not_hashed_while_the_judge_is_off(monkeypatch):
     assert pipeline.planned_fingerprints(off) == before_off
     after_on = pipeline.planned_fingerprints(on)
     assert {k for k in before_on if before_on[k] != after_on[k]} == {"judged_negatives", "examples"}
+
+
+def test_pipeline_with_the_judge(tmp_path, server, monkeypatch):
+    """Turning the judge on re-runs judged_negatives and examples; judged-relevant negatives leave the records."""
+    from etl.pipeline import run_pipeline
+
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "title": t, "text": x}, ensure_ascii=False) + "\n"
+                              for i, (t, x) in enumerate(DOCS)), encoding="utf-8")
+    toml = tmp_path / "config.toml"
+    toml.write_text(f"""
+[run]
+progress = false
+[paths]
+warehouse = "{tmp_path / 'wh'}"
+export = "{tmp_path / 'out'}"
+[[sources]]
+name = "tiny"
+paths = ["{corpus}"]
+[clean]
+min_chars = 50
+[chunk]
+target_chars = 450
+max_chars = 900
+min_chars = 80
+[llm]
+base_url = "{server.base_url}"
+api_key_env = "{KEY_ENV}"
+backoff_s = 0.01
+[negatives]
+hard = 5
+easy = 0
+related = 0
+[mining]
+top_k = 10
+""", encoding="utf-8")
+    log: list[str] = []
+    meta1 = run_pipeline(load_config(toml), log=lambda *_: None)
+    assert server.requests == [] and meta1["stages"]["judged_negatives"]["extra"] == {"enabled": False}
+    wh = tmp_path / "wh" / "layers"
+    before = {r["query_id"]: r["passage_ids"] for r in pq.read_table(wh / "examples.parquet").to_pylist()}
+
+    cfg = load_config(toml, ["judge.enabled=true", 'judge.model="judge-model"', "judge.hardest=2"])
+    meta2 = run_pipeline(cfg, log=lambda *a: log.append(" ".join(map(str, a))))
+    extra = meta2["stages"]["judged_negatives"]["extra"]
+    judged = pq.read_table(wh / "judged_negatives.parquet").to_pylist()
+    assert len(server.requests) == extra["calls_made"] == extra["pairs"] == len(judged) > 0
+    assert extra["prompt_tokens"] == 10 * len(judged) and extra["failures"] == {}
+    relevant = {(r["query_id"], r["passage_id"]) for r in judged if r["verdict"] == "relevant"}
+    assert extra["verdicts"]["relevant"] == len(relevant) > 0
+    after = {r["query_id"]: r["passage_ids"] for r in pq.read_table(wh / "examples.parquet").to_pylist()}
+    assert not any(pid in after.get(qid, []) for qid, pid in relevant)  # gone from every record
+    assert any(pid in before.get(qid, []) for qid, pid in relevant)  # and some were in them before
+    for qid in set(before) - {q for q, _ in relevant}:  # records without a judged-relevant negative: unchanged
+        assert after[qid] == before[qid]
+    for p, data in all_bytes_under(tmp_path):
+        assert SECRET.encode() not in data, p
