@@ -900,5 +900,8 @@ top_k = 10
     assert any(pid in before.get(qid, []) for qid, pid in relevant)  # and some were in them before
     for qid in set(before) - {q for q, _ in relevant}:  # records without a judged-relevant negative: unchanged
         assert after[qid] == before[qid]
+    lost = set(before) - set(after)  # queries the judge left without enough negatives: counted as such
+    assert sum(meta2.get("dropped_queries", {}).values()) - sum(meta1.get("dropped_queries", {}).values()) == len(lost)
+    assert meta2.get("dropped_queries", {}).get("not_enough_hard_negatives", 0) >= len(lost)
     for p, data in all_bytes_under(tmp_path):
         assert SECRET.encode() not in data, p
