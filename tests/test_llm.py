@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl import judge, llm, llm_cache
+from etl import judge, llm, llm_cache, llm_prompt
 from etl.config import load_config
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
@@ -548,6 +548,17 @@ def test_judge_questions():
 def test_longest_common_span_is_exact(a, b):
     brute = max((j - i for i in range(len(a)) for j in range(i + 1, len(a) + 1) if a[i:j] in b), default=0)
     assert llm.longest_common_span(a, b) == brute
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="가나다ab ", min_size=5, max_size=30), st.text(alphabet="가나다ab ", max_size=60),
+       st.integers(min_value=1, max_value=8))
+def test_copy_filter_drops_exactly_the_long_verbatim_spans(q, passage, max_copy):
+    norm = llm_prompt._norm_text
+    a, b = norm(q), norm(passage)
+    brute = max((j - i for i in range(len(a)) for j in range(i + 1, len(a) + 1) if a[i:j] in b), default=0)
+    [(_, status)] = llm.judge_questions([q], passage, 1, max_copy)
+    assert (status == "copied_span") == (brute >= max_copy)
 
 
 def test_prompt_rendering_and_hash(tmp_path):
