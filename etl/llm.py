@@ -9,15 +9,15 @@ API): one ``POST {llm.base_url}/chat/completions`` per sampled passage, asking f
   ``llm.sample_passages`` taken (0 = all).
 * **Concurrency**: a thread pool of ``llm.max_concurrency`` workers, fed a bounded window of
   passages read from DuckDB in Arrow batches.
-* **Retries**: connection errors, timeouts, 5xx, 408, 429 and malformed bodies are retried up to
-  ``llm.max_retries`` times with exponential backoff ``backoff_s * 2**attempt`` (capped at
-  :data:`MAX_BACKOFF_S`, plus up to 25 % jitter); a ``Retry-After`` header on 429/503 wins (capped
-  at :data:`MAX_RETRY_AFTER_S`) and a 429 pauses every worker, not only the one that got it. Other
-  4xx (bad model name, bad key, ...) are not retried. Redirects are never followed, so the key is
-  never sent to another host.
-* **Cache**: every complete response is stored as Parquet under ``<warehouse>/cache/llm/`` (:mod:`etl.llm_cache`), keyed
-  by ``(model, prompt_hash, passage_hash)`` (:func:`prompt_hash` covers the template text, model,
-  questions_per_passage, temperature and max_tokens; :func:`passage_hash` the title and text);
+* **Client** (:mod:`etl.llm_client`, extra ``llm``): the ``openai`` SDK retries connection errors,
+  timeouts, 408, 409, 429 and 5xx up to ``llm.max_retries`` times with its backoff and
+  ``Retry-After``, over pooled connections; a 429 also pauses every worker, malformed 2xx bodies
+  are asked again, redirects are never followed (the key never goes to another host). Other 4xx
+  (bad model name, bad key, ...) are not retried.
+* **Cache** (:mod:`etl.llm_cache`): every complete response is stored as Parquet under
+  ``<warehouse>/cache/llm/``, keyed by ``(model, prompt_hash, passage_hash)`` (:func:`prompt_hash`
+  covers the template text, model, questions_per_passage, temperature and max_tokens;
+  :func:`passage_hash` the title and text);
   entries are flushed every :data:`CACHE_FLUSH_EVERY` responses (temporary name, then rename), so
   neither a re-run nor a crash pays twice. What is cached is the model's *answer*: parse failures
   are cached too (the parser re-runs on cached text, so a better parser needs no new calls) but
