@@ -155,6 +155,20 @@ class LLMConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """The optional LLM judge: asks whether each record's hardest negatives answer the query."""
+
+    enabled: bool = False
+    model: str = ""  # "" = llm.model
+    base_url: str = ""  # "" = llm.base_url (the key, timeout and retries are llm's too)
+    hardest: int = 3  # negatives judged per query: the usable ones with the highest teacher scores
+    max_concurrency: int = 8
+    prompt_file: str = ""  # "" = the bundled Korean template etl/prompts/judge.ko.txt
+    temperature: float = 0.0
+    max_tokens: int = 128
+
+
+@dataclass
 class EmbeddingConfig:
     """Embedding model and batching."""
 
@@ -273,6 +287,7 @@ class Config:
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     queries: QueriesConfig = field(default_factory=QueriesConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
@@ -431,6 +446,15 @@ def validate(cfg: Config) -> None:
         need(cfg.llm.questions_per_passage >= 1, "llm.questions_per_passage", "must be >= 1")
         need(cfg.llm.sample_passages >= 0, "llm.sample_passages", "must be >= 0 (0 = all)")
         need(cfg.llm.max_concurrency >= 1, "llm.max_concurrency", "must be >= 1")
+        need(cfg.llm.timeout_s > 0, "llm.timeout_s", "must be > 0")
+        need(cfg.llm.max_retries >= 0, "llm.max_retries", "must be >= 0")
+    if cfg.judge.enabled:
+        need(bool(cfg.judge.model or cfg.llm.model), "judge.model", "required (or llm.model) when judge.enabled")
+        need((cfg.judge.base_url or cfg.llm.base_url).startswith(("http://", "https://")), "judge.base_url",
+             "must be an http(s) URL (\"\" = llm.base_url)")
+        need(cfg.judge.hardest >= 1, "judge.hardest", "must be >= 1")
+        need(cfg.judge.max_concurrency >= 1, "judge.max_concurrency", "must be >= 1")
+        need(cfg.judge.max_tokens >= 1, "judge.max_tokens", "must be >= 1")
         need(cfg.llm.timeout_s > 0, "llm.timeout_s", "must be > 0")
         need(cfg.llm.max_retries >= 0, "llm.max_retries", "must be >= 0")
     need(len(cfg.queries.methods) > 0 or len(cfg.query_files) > 0, "queries.methods",

@@ -101,6 +101,15 @@ def _raw_documents(ctx: Context, out: Path) -> dict[str, Any]:
     return ingest.write_raw_documents(ctx.cfg, out, ctx.progress)
 
 
+def _judged_negatives(ctx: Context, out: Path) -> dict[str, Any]:
+    from . import judge
+
+    if not ctx.cfg.judge.enabled:
+        judge.write_empty(out)
+        return {"enabled": False}
+    return judge.write_judged_negatives(ctx.cfg, ctx.wh.con, out, ctx.wh.root / "cache" / "judge", ctx.progress)
+
+
 def _query_file_rows(ctx: Context, out: Path) -> dict[str, Any]:
     return queryfiles.write_query_file_rows(ctx.cfg, out)
 
@@ -202,7 +211,12 @@ STAGES: list[Stage] = [
     Stage("scored_candidates", ("teacher_scores", "passage_embeddings"),
           ("filters.relative_margin", "filters.absolute_margin", "filters.margin_baseline",
            "filters.near_duplicate_cosine", "mining.top_k"), cosines=True),
-    Stage("examples", ("scored_candidates", "queries", "passages", "documents"),
+    Stage("judged_negatives", ("scored_candidates", "queries", "passages"),
+          ("judge", "llm.base_url", "llm.model", "llm.api_key_env", "llm.timeout_s", "llm.max_retries",
+           "llm.backoff_s"), python=_judged_negatives,
+          contract=Contract(unique=[["query_id", "passage_id"]], not_null=["query_id", "passage_id", "verdict"],
+                            checks=["verdict IN ('relevant', 'not_relevant', 'failed')"])),
+    Stage("examples", ("scored_candidates", "judged_negatives", "queries", "passages", "documents"),
           ("negatives", "scoring", "split", "run.seed", "mining.top_k"), per_query=True),
 ]
 STAGE_NAMES = [s.name for s in STAGES] + ["export"]
@@ -222,7 +236,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "passages": (),
     "query_file_rows": ("etl.queryfiles", "etl.ingest"),  # queryfiles reads JSONL with ingest's reader
     "user_queries": (),
-    "llm_questions": ("etl.llm",),
+    "llm_questions": ("etl.llm", "etl.llm_prompt", "etl.llm_client", "etl.llm_cache"),
     "queries": (),
     "passage_embeddings": ("etl.embed",),  # the embedding UDFs
     "query_embeddings": ("etl.embed",),
@@ -231,6 +245,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "candidates": ("etl.mine",),  # the cosine UDFs (etl.mine.CosineUDFs)
     "teacher_scores": ("etl.teacher", "etl.embed", "etl.mine"),  # prepare_text; the cosine UDFs of its filter rounds
     "scored_candidates": ("etl.mine",),  # near_duplicate_of_earlier (etl.mine.CosineUDFs)
+    "judged_negatives": ("etl.judge", "etl.llm", "etl.llm_prompt", "etl.llm_client", "etl.llm_cache"),
     "examples": (),
 }
 
@@ -271,11 +286,20 @@ def _stage_code(fn: Callable[..., Any]) -> str:
     return "".join(seen[k] for k in sorted(seen))
 
 
+def stage_uses_modules(stage: Stage, cfg: Config) -> bool:
+    """False for the LLM stages while they are off (they then write an empty layer): no module is hashed."""
+    if stage.name == "llm_questions":
+        return "llm" in cfg.queries.methods
+    if stage.name == "judged_negatives":
+        return cfg.judge.enabled
+    return True
+
+
 def _code_version(stage: Stage, cfg: Config) -> str:
     """The code a stage runs: its SQL model, or its body (+ helpers) here; then its declared modules."""
     text = sql_model(cfg, stage.name).read_text(encoding="utf-8") if stage.is_sql else _stage_code(stage.python)
     modules = STAGE_MODULES[stage.name]
-    if stage.name == "llm_questions" and "llm" not in cfg.queries.methods:
+    if not stage_uses_modules(stage, cfg):
         modules = ()
     return text + "".join(f"\x00{m}\x00{module_source(m)}" for m in modules)
 
@@ -297,6 +321,10 @@ def stage_fingerprint(stage: Stage, ctx: Context, dep_fingerprint: Callable[[str
         from . import llm
 
         parts.append(llm.prompt_signature(ctx.cfg.llm))
+    if stage.name == "judged_negatives" and ctx.cfg.judge.enabled:
+        from . import judge
+
+        parts.append(judge.prompt_signature(ctx.cfg))
     if stage.name == "teacher_scores":  # the teacher runs scored_candidates.sql between its rounds
         parts.append((ctx.cfg.sql_dir / "scored_candidates.sql").read_text(encoding="utf-8"))
     if stage.embeds:

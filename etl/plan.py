@@ -48,7 +48,7 @@ def _code_parts(stage: Stage, ctx: Context) -> dict[str, str]:
         assert stage.python is not None
         parts[f"etl/pipeline.py:{stage.python.__name__}"] = sha(pipeline._stage_code(stage.python))
     modules = pipeline.STAGE_MODULES[stage.name]
-    if stage.name == "llm_questions" and "llm" not in ctx.cfg.queries.methods:
+    if not pipeline.stage_uses_modules(stage, ctx.cfg):
         modules = ()
     for m in modules:
         parts[m] = sha(pipeline.module_source(m))

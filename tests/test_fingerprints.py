@@ -23,7 +23,7 @@ from etl import pipeline
 from etl.config import load_config
 from etl.pipeline import STAGE_MODULES, STAGES, Context, planned_fingerprints
 
-LLM_ON = ["queries.methods=['title', 'first_sentence', 'llm']", "llm.model='some-model'"]
+LLM_ON = ["queries.methods=['title', 'first_sentence', 'llm']", "llm.model='some-model'", "judge.enabled=true"]
 
 
 def downstream(changed: set[str]) -> set[str]:

@@ -26,6 +26,8 @@
 -- @check: list_min(scores) >= 0 AND list_max(scores) <= getvariable('score_scale')
 WITH ok AS NOT MATERIALIZED (  -- re-read per use (a filtered scan) rather than holding every usable candidate
     SELECT *, teacher_score AS teacher_sim FROM scored_candidates
+    -- filter 'judged_relevant': a negative the LLM judge says answers the query (etl/judge.py)
+    ANTI JOIN (SELECT query_id, passage_id FROM judged_negatives WHERE verdict = 'relevant') USING (query_id, passage_id)
     WHERE filter_reason IS NULL
       -- the runner writes this layer one query_id range at a time (duckdb.batch_queries queries);
       -- unset (NULL) bounds = every query
