@@ -257,7 +257,8 @@ class TeacherConfig:
     cross_encoder: str = ""  # sentence-transformers CrossEncoder: local path or hub name
     batch_size: int = 64
     device: str = "auto"
-    fp16: bool = True
+    # float32 scores by default: fp16 noise swaps near-equal negatives (sentence-transformers 6 scores in fp32)
+    fp16: bool = False
     max_chars: int = 2000
     max_candidates: int = 20  # usable hard candidates per query sent to the teacher (by rank)
     cache: bool = True  # cross-encoder scores cached by (model, query, passage) under <warehouse>/cache/teacher
