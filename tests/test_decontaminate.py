@@ -62,6 +62,30 @@ def test_decontaminate_config_is_checked(tmp_path):
         load_config(base)
 
 
+def test_eval_files_jsonl_and_parquet_with_bad_records_and_a_missing_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from etl.config import DecontaminateConfig
+    from etl.decontaminate import read_eval_set
+    from etl.ingest import MissingColumnError
+
+    j = tmp_path / "e.jsonl"
+    j.write_bytes('{"q": "질문 하나"}\n{"q": 3, "ctx": "본문"}\nnot json\n[1]\n{"ctx": "  "}\n'.encode())
+    qs, ps, counts = read_eval_set(DecontaminateConfig("e", str(j), {"query": "q", "text": "ctx"}))
+    assert (qs, ps, counts) == (["질문 하나"], ["본문"], {"records": 5, "rejected": 3})
+    pq.write_table(pa.table({"question": ["a?", None], "context": [None, "text b"]}), tmp_path / "e.parquet")
+    qs, ps, _ = read_eval_set(DecontaminateConfig("p", str(tmp_path / "e.parquet"),
+                                                  {"query": "question", "text": "context"}))
+    assert (qs, ps) == (["a?"], ["text b"])
+    with pytest.raises(MissingColumnError, match=r"decontaminate 'p'.*columns.text = 'passage'"):
+        read_eval_set(DecontaminateConfig("p", str(tmp_path / "e.parquet"), {"text": "passage"}))
+    with pytest.raises(MissingColumnError, match=r"decontaminate 'e'.*columns.text = 'passage'"):
+        read_eval_set(DecontaminateConfig("e", str(j), {"text": "passage"}))
+    with pytest.raises(FileNotFoundError, match="decontaminate 'x'"):
+        read_eval_set(DecontaminateConfig("x", str(tmp_path / "nope.jsonl")))
+
+
 def _sha(s: str) -> str:
     return hashlib.sha256(s.encode("utf-8")).hexdigest()
 
@@ -72,9 +96,10 @@ def contaminated_run(tmp_path_factory, tiny_model, tiny_corpus):
     from etl.pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("decontam")
-    eval_path = root / "eval.jsonl"
+    eval_path, q_path = root / "eval.jsonl", root / "questions.jsonl"
     eval_path.write_text("", encoding="utf-8")
-    dirs = tiny_run_dirs(root, tiny_corpus, tiny_model)
+    q_path.write_text("", encoding="utf-8")
+    dirs = tiny_run_dirs(root, tiny_corpus, tiny_model, query_files=[("human", str(q_path))])
     dirs.config.write_text(dirs.config.read_text(encoding="utf-8") + (
         f'\n[[decontaminate]]\nname = "korquad"\npath = {json.dumps(str(eval_path))}\n'
         'columns = { query = "question", text = "context" }\n'), encoding="utf-8")
@@ -96,9 +121,14 @@ def contaminated_run(tmp_path_factory, tiny_model, tiny_corpus):
         {"context": filler + " " + sentence + " " + filler},  # shares one sentence only
         {"id": 7},  # neither field: rejected, not fatal
     ])
+    write_jsonl(q_path, [  # a question naming a contaminated and a clean passage; one naming only the first
+        {"query": "두 문단을 묻는 질문", "passage_ids": [exact[0], ps[7][0]]},
+        {"query": "오염된 문단만 묻는 질문", "passage_id": exact[0]},
+    ])
     cfg = load_config(dirs.config)
     meta = run_pipeline(cfg, log=lambda _m: None)
-    yield {"dirs": dirs, "meta": meta, "exact": exact, "edited": edited, "quoted": quoted, "title": ps[5][1]}
+    yield {"dirs": dirs, "meta": meta, "exact": exact, "edited": edited, "quoted": quoted, "title": ps[5][1],
+           "clean": ps[7][0]}
     dirs.close()
 
 
@@ -120,6 +150,27 @@ def test_export_has_no_evaluation_question_or_passage(contaminated_run):
     assert d.q("SELECT count(*) FROM candidates WHERE filter_reason = 'contaminated_query'") == [(1,)]
 
 
+def test_a_question_with_a_clean_known_positive_keeps_it_and_one_without_is_dropped(contaminated_run):
+    r = contaminated_run
+    d = r["dirs"]
+    got = d.q("SELECT q.query, c.passage_id, c.filter_reason FROM candidates c JOIN queries q USING (query_id) "
+              "WHERE q.method = 'query_file' AND c.role = 'positive' ORDER BY q.query")
+    assert got == [("두 문단을 묻는 질문", r["clean"], None),
+                   ("오염된 문단만 묻는 질문", r["exact"][0], "contaminated_positive")]
+    dropped = d.q("SELECT q.query FROM candidates c JOIN queries q USING (query_id) "
+                  "WHERE c.filter_reason = 'contaminated_positive'")
+    assert ("오염된 문단만 묻는 질문",) in dropped and ("두 문단을 묻는 질문",) not in dropped
+    # the second question and the title / first-sentence queries of the two contaminated passages
+    assert d.metadata["dropped_queries"]["contaminated_positive"] == len(dropped) >= 3
+
+
+def test_without_decontaminate_nothing_is_excluded_and_no_manifest_is_written(tiny_reference_run):
+    d = tiny_reference_run
+    assert d.q("SELECT count(*) FROM decontamination") == [(0,)]
+    assert not (d.export / "decontamination.json").exists()
+    assert "decontamination" not in d.metadata and "decontamination_manifest" not in d.metadata
+
+
 def test_metadata_report_and_manifest_count_per_set(contaminated_run):
     r = contaminated_run
     d = r["dirs"]
@@ -127,6 +178,7 @@ def test_metadata_report_and_manifest_count_per_set(contaminated_run):
     assert m["records_read"] == 6 and m["records_rejected"] == 1
     assert (m["eval_questions"], m["queries_excluded"]) == (2, 1)
     assert (m["eval_passages"], m["passages_exact"], m["passages_ngram"], m["passages_excluded"]) == (3, 1, 1, 2)
+    assert m["positives_excluded"] >= 1 and m["negatives_excluded"] >= 0
     assert "## Decontamination" in (d.export / "report" / "report.md").read_text(encoding="utf-8")
     manifest = json.loads((d.export / "decontamination.json").read_text(encoding="utf-8"))
     s = manifest["sets"]["korquad"]
