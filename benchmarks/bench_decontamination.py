@@ -14,14 +14,24 @@ For each (n, threshold) it reports
   evaluation page that is itself one such sentence counts as a match: the whole page is quoted.
 
     python benchmarks/bench_decontamination.py --warehouse /tmp/bench_h9/autorag/wh_default
+
+``--pipeline SET_DIR`` (``bench_real_queries.py``'s ``<work>/autorag``, after its default run) also
+runs the pipeline end to end with a ``[[decontaminate]]`` set made of a random half of the AutoRAG
+questions (seed 1) and their gold pages: it copies ``wh_default`` to ``wh_decon``, runs
+``python -m etl run`` with ``config.toml`` plus that set into ``export_decon``, and prints the
+metadata counts, the exported records whose query is an evaluation question (must be 0) and the
+largest 13-gram containment of an exported doc in an evaluation page (must be below the threshold).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +41,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))
 
-from etl.decontaminate import _EvalPassages, word_ngrams  # noqa: E402
+from etl.decontaminate import _EvalPassages, containment, question_key, word_ngrams  # noqa: E402
 from etl.validate import normalized_text_key  # noqa: E402
 
 AUTORAG = REPO.parent / "shared" / "data" / "autorag"
@@ -45,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ngrams", default="8,13")
     ap.add_argument("--thresholds", default="0.3,0.5,0.8")
     ap.add_argument("--json", type=Path, default=BENCH_DIR / "out" / "decontamination.json")
+    ap.add_argument("--pipeline", type=Path, default=None, metavar="SET_DIR",
+                    help="also run the pipeline with half the questions + their gold pages as an evaluation set")
     args = ap.parse_args(argv)
     con = duckdb.connect()
     pages = con.execute(f"SELECT doc_id, contents FROM read_parquet('{args.autorag / 'ocr_corpus_v3.parquet'}') "
@@ -83,10 +95,51 @@ def main(argv: list[str] | None = None) -> int:
             results.append(row)
             print(f"{n:>3} {thr:>5} {row['recall']:>8.1%} {row['false_matches']:>8.2%} "
                   f"{row['quoted_sentence_matches']:>8.2%}")
+    out: dict = {"eval_pages": len(eval_texts), "inside": len(inside), "outside": len(outside), "results": results}
+    if args.pipeline:
+        out["pipeline"] = run_pipeline(args.pipeline, args.autorag)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"eval_pages": len(eval_texts), "inside": len(inside), "outside": len(outside),
-                                     "results": results}, indent=1), encoding="utf-8")
+    args.json.write_text(json.dumps(out, indent=1), encoding="utf-8")
     return 0
+
+
+def run_pipeline(set_dir: Path, autorag: Path) -> dict:
+    """The end-to-end run of ``--pipeline`` (see the module docstring); returns what it prints."""
+    con = duckdb.connect()
+    qa = con.execute(f"SELECT qid, query, retrieval_gt FROM read_parquet('{autorag / 'qa_v4.parquet'}') "
+                     "ORDER BY qid").fetchall()
+    pages = dict(con.execute(f"SELECT doc_id, contents FROM read_parquet('{autorag / 'ocr_corpus_v3.parquet'}')")
+                 .fetchall())
+    rng = random.Random(1)
+    ev = [q for q in qa if rng.random() < 0.5]
+    gold = sorted({p for q in ev for group in q[2] for p in group})
+    eval_path = set_dir / "eval.jsonl"
+    eval_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in
+                                 [{"question": q[1]} for q in ev] + [{"context": pages[p]} for p in gold]),
+                         encoding="utf-8")
+    cfg = set_dir / "config_decon.toml"
+    cfg.write_text((set_dir / "config.toml").read_text(encoding="utf-8") + "\n[[decontaminate]]\n"
+                   f'name = "autorag_half"\npath = {json.dumps(str(eval_path))}\n'
+                   'columns = { query = "question", text = "context" }\n', encoding="utf-8")
+    wh, export = set_dir / "wh_decon", set_dir / "export_decon"
+    shutil.rmtree(wh, ignore_errors=True)
+    shutil.copytree(set_dir / "wh_default", wh, symlinks=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([sys.executable, "-m", "etl", "run", "--config", str(cfg), "--set", f"paths.warehouse={str(wh)!r}",
+                    "--set", f"paths.export={str(export)!r}", "--set", "run.progress=false", "--quiet"],
+                   check=True, env=env)
+    meta = json.loads((export / "metadata.json").read_text(encoding="utf-8"))
+    recs = [json.loads(line) for f in ("train.jsonl", "val.jsonl")
+            for line in (export / f).read_text(encoding="utf-8").splitlines()]
+    keys = {question_key(q[1]) for q in ev}
+    grams = [word_ngrams(pages[p], 13) for p in gold]
+    res = {"eval_questions": len(ev), "eval_pages": len(gold), "questions_in": len(qa), "records": len(recs),
+           "counts": meta["decontamination"]["autorag_half"],
+           "records_with_an_eval_question": sum(question_key(r["query"]) in keys for r in recs),
+           "max_doc_containment": round(max(containment(word_ngrams(d, 13), g) for r in recs for d in r["docs"]
+                                            for g in grams), 3)}
+    print(json.dumps(res, indent=1))
+    return res
 
 
 if __name__ == "__main__":
