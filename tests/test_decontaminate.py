@@ -188,3 +188,18 @@ def test_metadata_report_and_manifest_count_per_set(contaminated_run):
     assert by_id[r["exact"][0]]["match"] == "exact" and by_id[r["edited"][0]]["match"] == "ngram"
     assert by_id[r["exact"][0]]["eval_sha256"] == by_id[r["exact"][0]]["sha256"]
     assert d.metadata["decontamination_manifest"]["passages"] == 2
+
+
+def test_an_edited_evaluation_file_reruns_decontamination_and_what_follows(tmp_path):
+    from etl.pipeline import Context, planned_fingerprints
+
+    ev = tmp_path / "eval.jsonl"
+    ev.write_text('{"query": "질문"}\n', encoding="utf-8")
+    sets = [f"decontaminate=[{{name = 'e', path = {json.dumps(str(ev))}}}]"]
+    before = planned_fingerprints(Context(load_config(None, sets), None))
+    ev.write_text('{"query": "다른 질문"}\n', encoding="utf-8")
+    after = planned_fingerprints(Context(load_config(None, sets), None))
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {"decontamination", "candidates", "teacher_scores", "scored_candidates", "examples"}
+    more = planned_fingerprints(Context(load_config(None, [*sets, "decontamination.ngram=8"]), None))
+    assert more["decontamination"] != after["decontamination"] and more["passages"] == after["passages"]
