@@ -110,6 +110,12 @@ def _judged_negatives(ctx: Context, out: Path) -> dict[str, Any]:
     return judge.write_judged_negatives(ctx.cfg, ctx.wh.con, out, ctx.wh.root / "cache" / "judge", ctx.progress)
 
 
+def _decontamination(ctx: Context, out: Path) -> dict[str, Any]:
+    from . import decontaminate
+
+    return decontaminate.write_decontamination(ctx.cfg, ctx.wh.con, out)
+
+
 def _query_file_rows(ctx: Context, out: Path) -> dict[str, Any]:
     return queryfiles.write_query_file_rows(ctx.cfg, out)
 
@@ -183,6 +189,10 @@ STAGES: list[Stage] = [
     Stage("chunks", ("documents",), ("chunk",)),
     Stage("passage_duplicates", ("chunks",)),
     Stage("passages", ("chunks", "passage_duplicates"), ("chunk",)),
+    Stage("decontamination", ("passages",), ("decontaminate", "decontamination"), python=_decontamination,
+          contract=Contract(not_null=["name", "kind", "match", "sha256"],
+                            checks=["(kind = 'question') = (key IS NOT NULL)",
+                                    "(kind = 'passage') = (passage_id IS NOT NULL)"])),
     Stage("query_file_rows", (), ("query_files",), python=_query_file_rows,
           contract=Contract(not_null=["name", "file", "line_no"])),
     Stage("user_queries", ("query_file_rows", "documents", "chunks")),
@@ -197,7 +207,8 @@ STAGES: list[Stage] = [
                             checks=["isfinite(similarity)", "rank >= 1"])),
     Stage("clusters", ("passage_embeddings",), ("clustering", "run.seed", "mining.engine"), python=_clusters,
           contract=Contract(unique=[["passage_id"]], not_null=["passage_id", "cluster_id"])),
-    Stage("candidates", ("queries", "query_embeddings", "passage_embeddings", "neighbours", "clusters", "documents"),
+    Stage("candidates", ("queries", "query_embeddings", "passage_embeddings", "neighbours", "clusters", "documents",
+                         "decontamination"),
           ("negatives", "mining.skip_top", "mining.top_k", "filters.exclude_same_document",
            "filters.near_duplicate_cosine",
            "filters.positive_max_rank",
@@ -234,6 +245,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "chunks": (),
     "passage_duplicates": (),
     "passages": (),
+    "decontamination": ("etl.decontaminate", "etl.ingest", "etl.validate"),
     "query_file_rows": ("etl.queryfiles", "etl.ingest"),  # queryfiles reads JSONL with ingest's reader
     "user_queries": (),
     "llm_questions": ("etl.llm", "etl.llm_prompt", "etl.llm_client", "etl.llm_cache"),
@@ -317,6 +329,10 @@ def stage_fingerprint(stage: Stage, ctx: Context, dep_fingerprint: Callable[[str
         parts.append(json.dumps(ingest.input_signature(ctx.cfg)))
     if stage.name == "query_file_rows":
         parts.append(json.dumps(queryfiles.input_signature(ctx.cfg)))
+    if stage.name == "decontamination" and ctx.cfg.decontaminate:
+        from . import decontaminate
+
+        parts.append(json.dumps(decontaminate.input_signature(ctx.cfg)))
     if stage.name == "llm_questions" and "llm" in ctx.cfg.queries.methods:
         from . import llm
 

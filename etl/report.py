@@ -494,6 +494,15 @@ def write_report(cfg: Config, con: Any, out_dir: Path) -> Path:
     ]
     if rejects.ok and rejects.rows:
         md += ["Query-file lines rejected:\n", _source_line("user_query_rejects"), _result_table(rejects)]
+    if cfg.decontaminate:
+        md += ["## Decontamination\n",
+               "Per evaluation set ([[decontaminate]]): queries equal to an evaluation question (normalized) "
+               "and corpus passages equal to or overlapping an evaluation passage (word "
+               f"{cfg.decontamination.ngram}-grams, >= {cfg.decontamination.min_containment:.0%} of the shorter "
+               "text) are kept out of every record; `decontamination.json` beside the export lists their "
+               "SHA-256.\n",
+               _source_line("stats/decontamination"),
+               _result_table(run_report_sql(con, sql_dir, "decontamination", folder="stats"))]
     md += [
         "## Quarantine\n", "Records read that did not become documents.\n",
         _source_line("quarantine_by_reason"), _result_table(quarantine),

@@ -160,6 +160,7 @@ class Warehouse:
             "drop_low_rank_positives": c.filters.drop_low_rank_positives,
             "teacher_max_candidates": c.teacher.max_candidates,
             "n_hard": c.negatives.hard,
+            "negative_sampling": c.negatives.sampling,  # examples.sql: top | spread
             "n_related": c.negatives.related,
             "n_easy": c.negatives.easy,
             "easy_pool": c.negatives.easy_pool,
