@@ -200,6 +200,7 @@ def test_an_edited_evaluation_file_reruns_decontamination_and_what_follows(tmp_p
     ev.write_text('{"query": "다른 질문"}\n', encoding="utf-8")
     after = planned_fingerprints(Context(load_config(None, sets), None))
     changed = {k for k in before if before[k] != after[k]}
-    assert changed == {"decontamination", "candidates", "teacher_scores", "scored_candidates", "examples"}
+    assert changed == {"decontamination", "candidates", "teacher_scores", "scored_candidates", "judged_negatives",
+                       "examples"}
     more = planned_fingerprints(Context(load_config(None, [*sets, "decontamination.ngram=8"]), None))
     assert more["decontamination"] != after["decontamination"] and more["passages"] == after["passages"]

@@ -34,6 +34,7 @@ def _con(n_window: dict[str, int], deep: int = 3) -> duckdb.DuckDBPyConnection:
                 "'title' AS method, "
                 "'syn' AS source, 'd-' || query_id AS doc_id FROM scored_candidates")
     con.execute("CREATE TABLE documents AS SELECT doc_id, 'T ' || doc_id AS title FROM queries")
+    con.execute("CREATE TABLE judged_negatives (query_id VARCHAR, passage_id VARCHAR, verdict VARCHAR)")  # judge off
     for k, v in {"top_k": TOP_K, "n_hard": N_HARD, "n_related": 0, "n_easy": 2, "score_scale": 30.0,
                  "score_decimals": 4, "val_fraction": 0.1}.items():
         con.execute(f"SET VARIABLE {k} = ?", [v])
