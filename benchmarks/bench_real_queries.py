@@ -31,6 +31,8 @@ naive top-k baseline: for every query with a positive, its top ``negatives.hard`
     python benchmarks/bench_real_queries.py --work /tmp/bench_real
     python benchmarks/bench_real_queries.py --sets labelled --variant default= --variant m0=filters.relative_margin=0
     python benchmarks/bench_real_queries.py --variant loose='filters.relative_margin=0;teacher.max_candidates=40'
+    python benchmarks/bench_real_queries.py --multi-positive --variant default= \
+        --variant spread=negatives.sampling=spread
 
 ``--variant NAME=KEY=VALUE[;KEY=VALUE...]`` (``NAME=`` alone = no overrides; repeating a name adds
 to its list). Results go to ``benchmarks/out/real_queries.json``.

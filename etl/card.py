@@ -59,6 +59,9 @@ FILTER_MEANINGS: dict[str, str] = {
     "same_cluster": "an easy draw from the positive's own cluster: too close to be an easy negative",
     "in_neighbours": "a random draw that is among the query's nearest neighbours: not an easy negative",
     "duplicate_draw": "a random draw that repeats an earlier draw of the same query",
+    "contaminated": "equals or overlaps a passage of a [[decontaminate]] evaluation set: never a negative",
+    "contaminated_query": "the positive of a query equal to a [[decontaminate]] evaluation question",
+    "contaminated_positive": "the positive itself equals or overlaps a [[decontaminate]] evaluation passage",
     "positive_rank_too_low": "the positive itself: more than filters.positive_max_rank passages of other "
                              "documents score above it",
     "scored_above_positive": "the teacher scores it at least as high as the positive: a likely false negative",

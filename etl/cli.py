@@ -42,6 +42,9 @@ DROP_HINTS: dict[str, str] = {
                                  "document); raise negatives.easy_pool or lower negatives.easy",
     "draws_are_hard_picks": "the usable random draws are passages already picked as hard negatives; raise "
                             "negatives.easy_pool",
+    "contaminated_query": "the query equals a question of a [[decontaminate]] evaluation set (normalized)",
+    "contaminated_positive": "the query's positive equals or overlaps a passage of a [[decontaminate]] "
+                             "evaluation set (see decontamination.json beside the export)",
 }
 
 
@@ -104,6 +107,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"Quarantined {n:,} records: {reason}")
     for reason, n in meta.get("user_query_rejects", {}).items():
         print(f"Rejected {n:,} query-file lines: {reason}")
+    for name, d in meta.get("decontamination", {}).items():
+        print(f"Decontamination '{name}': {d['queries_excluded']:,} queries and {d['passages_excluded']:,} "
+              f"passages excluded ({d['eval_questions']:,} questions, {d['eval_passages']:,} passages read)")
     if meta["total_queries"] == 0:
         print("error: no training records were produced (see the dropped queries above and "
               "`python -m etl stats dropped_queries candidate_filters`)", file=sys.stderr)

@@ -61,6 +61,8 @@ class DuckDBConfig:
 
 SOURCE_COLUMN_KEYS = ("id", "url", "title", "text", "language")
 QUERY_FILE_COLUMN_KEYS = ("query", "doc_id", "doc_ids", "passage_id", "passage_ids")
+DECONTAMINATE_COLUMN_KEYS = ("query", "text")
+SAMPLING_MODES = ("top", "spread")
 
 
 @dataclass
@@ -102,6 +104,32 @@ class QueryFileConfig:
     def column(self, key: str) -> str:
         """The record field read for ``key`` (one of QUERY_FILE_COLUMN_KEYS)."""
         return self.columns.get(key, key)
+
+
+@dataclass
+class DecontaminateConfig:
+    """An evaluation set to keep out of the export (``[[decontaminate]]``): questions and/or passages.
+
+    JSONL, ``.json`` or ``.parquet`` of ``{"query": str}`` and/or ``{"text": str}`` records (either
+    field may be missing on a record); ``columns`` maps the keys to the file's fields, as for sources.
+    """
+
+    name: str = ""
+    path: str = ""
+    # the file's column for each field, e.g. {query = "question", text = "context"}
+    columns: dict[str, str] = field(default_factory=dict)
+
+    def column(self, key: str) -> str:
+        """The record field read for ``key`` (one of DECONTAMINATE_COLUMN_KEYS)."""
+        return self.columns.get(key, key)
+
+
+@dataclass
+class DecontaminationConfig:
+    """How a corpus passage is matched to an evaluation passage (etl/decontaminate.py)."""
+
+    ngram: int = 13  # word n-grams compared (LLM-pretraining decontamination uses 8-13)
+    min_containment: float = 0.5  # shared n-grams / n-grams of the shorter of the two texts
 
 
 @dataclass
@@ -155,6 +183,20 @@ class LLMConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """The optional LLM judge: asks whether each record's hardest negatives answer the query."""
+
+    enabled: bool = False
+    model: str = ""  # "" = llm.model
+    base_url: str = ""  # "" = llm.base_url (the key, timeout and retries are llm's too)
+    hardest: int = 3  # negatives judged per query: the usable ones with the highest teacher scores
+    max_concurrency: int = 8
+    prompt_file: str = ""  # "" = the bundled Korean template etl/prompts/judge.ko.txt
+    temperature: float = 0.0
+    max_tokens: int = 128
+
+
+@dataclass
 class EmbeddingConfig:
     """Embedding model and batching."""
 
@@ -204,6 +246,8 @@ class NegativesConfig:
     related: int = 0
     easy: int = 2
     easy_pool: int = 16  # random draws per query to find `easy` usable ones
+    # top: the best-scored usable hard candidates; spread: evenly across the usable teacher-score range
+    sampling: str = "top"
 
 
 @dataclass
@@ -227,7 +271,8 @@ class TeacherConfig:
     cross_encoder: str = ""  # sentence-transformers CrossEncoder: local path or hub name
     batch_size: int = 64
     device: str = "auto"
-    fp16: bool = True
+    # float32 scores by default: fp16 noise swaps near-equal negatives (sentence-transformers 6 scores in fp32)
+    fp16: bool = False
     max_chars: int = 2000
     max_candidates: int = 20  # usable hard candidates per query sent to the teacher (by rank)
     cache: bool = True  # cross-encoder scores cached by (model, query, passage) under <warehouse>/cache/teacher
@@ -269,10 +314,13 @@ class Config:
     duckdb: DuckDBConfig = field(default_factory=DuckDBConfig)
     sources: list[SourceConfig] = field(default_factory=list)
     query_files: list[QueryFileConfig] = field(default_factory=list)
+    decontaminate: list[DecontaminateConfig] = field(default_factory=list)
+    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     queries: QueriesConfig = field(default_factory=QueriesConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
@@ -342,6 +390,7 @@ SQL_VARIABLES: dict[str, str] = {  # variable -> the config value it holds
     "drop_low_rank_positives": "filters.drop_low_rank_positives",
     "teacher_max_candidates": "teacher.max_candidates",
     "n_hard": "negatives.hard",
+    "negative_sampling": "negatives.sampling",
     "n_related": "negatives.related",
     "n_easy": "negatives.easy",
     "easy_pool": "negatives.easy_pool",
@@ -495,6 +544,14 @@ def validate(cfg: Config) -> None:
     for i, q in enumerate(cfg.query_files):
         need(bool(q.name) and bool(q.path), f"query_files[{i}]", "needs both 'name' and 'path'")
         _check_columns(q.columns, f"query_files[{i}].columns", QUERY_FILE_COLUMN_KEYS)
+    names: set[str] = set()
+    for i, d in enumerate(cfg.decontaminate):
+        need(bool(d.name) and bool(d.path), f"decontaminate[{i}]", "needs both 'name' and 'path'")
+        need(d.name not in names, f"decontaminate[{i}].name", f"duplicate evaluation set name {d.name!r}")
+        names.add(d.name)
+        _check_columns(d.columns, f"decontaminate[{i}].columns", DECONTAMINATE_COLUMN_KEYS)
+    need(1 <= cfg.decontamination.ngram <= 50, "decontamination.ngram", "must be in [1, 50]")
+    need(0.0 < cfg.decontamination.min_containment <= 1.0, "decontamination.min_containment", "must be in (0, 1]")
     for m in cfg.queries.methods:
         need(m in KNOWN_METHODS, "queries.methods", f"unknown method {m!r} (known: {', '.join(KNOWN_METHODS)})")
     if "llm" in cfg.queries.methods:
@@ -503,6 +560,15 @@ def validate(cfg: Config) -> None:
         need(cfg.llm.questions_per_passage >= 1, "llm.questions_per_passage", "must be >= 1")
         need(cfg.llm.sample_passages >= 0, "llm.sample_passages", "must be >= 0 (0 = all)")
         need(cfg.llm.max_concurrency >= 1, "llm.max_concurrency", "must be >= 1")
+        need(cfg.llm.timeout_s > 0, "llm.timeout_s", "must be > 0")
+        need(cfg.llm.max_retries >= 0, "llm.max_retries", "must be >= 0")
+    if cfg.judge.enabled:
+        need(bool(cfg.judge.model or cfg.llm.model), "judge.model", "required (or llm.model) when judge.enabled")
+        need((cfg.judge.base_url or cfg.llm.base_url).startswith(("http://", "https://")), "judge.base_url",
+             "must be an http(s) URL (\"\" = llm.base_url)")
+        need(cfg.judge.hardest >= 1, "judge.hardest", "must be >= 1")
+        need(cfg.judge.max_concurrency >= 1, "judge.max_concurrency", "must be >= 1")
+        need(cfg.judge.max_tokens >= 1, "judge.max_tokens", "must be >= 1")
         need(cfg.llm.timeout_s > 0, "llm.timeout_s", "must be > 0")
         need(cfg.llm.max_retries >= 0, "llm.max_retries", "must be >= 0")
     need(len(cfg.queries.methods) > 0 or len(cfg.query_files) > 0, "queries.methods",
@@ -536,6 +602,8 @@ def validate(cfg: Config) -> None:
     need(m.top_k - m.skip_top >= n.hard, "mining.top_k",
          f"top_k - skip_top = {m.top_k - m.skip_top} leaves fewer candidates than negatives.hard = {n.hard}")
     need(n.easy_pool >= n.easy, "negatives.easy_pool", "must be >= negatives.easy")
+    need(n.sampling in SAMPLING_MODES, "negatives.sampling",
+         f"must be one of {', '.join(SAMPLING_MODES)}, got {n.sampling!r}")
     need(m.search_depth >= m.top_k, "mining.search_depth", "must be >= mining.top_k")
     need(m.index_memory_mb >= 16, "mining.index_memory_mb", "must be >= 16")
     need(m.engine in ("auto", "usearch", "torch"), "mining.engine",

@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 # What the export writes into the export directory; everything else there (embeddings/, written by
 # the neighbours stage) is carried over from the previous export when a new one is swapped in.
 EXPORT_OUTPUTS = frozenset({"train.jsonl", "val.jsonl", "metadata.json", "datasets", "report", "README.md",
-                            "st", "idf.json"})
+                            "st", "idf.json", "decontamination.json"})
 SPLITS = ("train", "val")
 
 
@@ -219,7 +219,18 @@ def _stats(ctx: Context) -> dict[str, Any]:
         "queries_total": int(con.execute("SELECT count(*) FROM queries").fetchall()[0][0]),
         "queries_total_by_method": by("SELECT method, count(*) FROM queries GROUP BY 1 ORDER BY 1"),
         "layers": {name: ctx.wh.count(name) for name in ctx.wh.existing_layers()},
+        **_decontamination_stats(ctx),
     }
+
+
+def _decontamination_stats(ctx: Context) -> dict[str, Any]:
+    """``{"decontamination": per evaluation set counts}`` when ``[[decontaminate]]`` is configured, else {}."""
+    if not ctx.cfg.decontaminate:
+        return {}
+    from .decontaminate import stats
+
+    st = ctx.wh.state("decontamination") or {}
+    return {"decontamination": stats(ctx.cfg, ctx.wh.con, (st.get("extra") or {}).get("sets"))}
 
 
 def _validate(files: list[Path], n_docs: int) -> list[ValidationReport]:
@@ -339,7 +350,7 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
     from .report import write_report
 
     if fresh:
-        for key in ("datasets", "st", "idf", "report", "card"):
+        for key in ("datasets", "st", "idf", "report", "card", "decontamination_manifest"):
             if key in old_meta:
                 meta[key] = old_meta[key]
     else:
@@ -351,6 +362,11 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
         if cfg.export.idf_tokenizer:
             meta["idf"] = {**write_idf(con, cfg.export.idf_tokenizer, build / "idf.json"),
                            "path": str(out / "idf.json")}
+        if cfg.decontaminate:  # the SHA-256 manifest of what was excluded, beside the records
+            from .decontaminate import write_manifest
+
+            meta["decontamination_manifest"] = {**write_manifest(cfg, con, build / "decontamination.json"),
+                                                "path": str(out / "decontamination.json")}
         write_report(cfg, con, build / "report")
         meta["report"] = str(out / "report" / "report.md")
         atomic_write_text(build / "README.md", card.render(cfg, meta, build))

@@ -400,32 +400,46 @@ class CosineUDFs:
             return pa.array(self._cos(left.rows(i), self.P.rows(j)), pa.float64())
         return fn
 
-    def near_duplicate_of_earlier(self, rows: list[np.ndarray], threshold: float) -> list[np.ndarray]:
+    def near_duplicate_of_earlier(self, rows: list[np.ndarray], threshold: float | list[float]) -> list[np.ndarray]:
         """For each list of passage rows: True where a row's cosine to an earlier row of its list is >= threshold.
 
         The lists are a query's negative candidates in picking order, so the later of two
         near-duplicates is flagged (also when the earlier one is flagged itself: no two unflagged
-        rows of a list are ever near-duplicates). One matrix product per list, float64.
+        rows of a list are ever near-duplicates). The vectors of all lists are read in one gather
+        and every list's Gram matrix comes from one batched float32 product.
         """
-        out = []
-        for r in rows:
-            n = len(r)
-            if n < 2:
-                out.append(np.zeros(n, dtype=bool))
-                continue
-            v = self.P.rows(np.asarray(r, dtype=np.int64)).astype(np.float64)
-            norms = np.sqrt((v * v).sum(1))
-            v = v / np.where(norms > 0, norms, 1.0)[:, None]
-            sims = np.triu(v @ v.T, k=1)  # sims[i, j] for i < j
-            out.append((sims >= threshold).any(axis=0))
-        return out
+        thresholds = [float(threshold)] * len(rows) if np.isscalar(threshold) else [float(t) for t in threshold]
+        lengths = [len(r) for r in rows]
+        flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows]) if rows else np.zeros(0, np.int64)
+        if not len(flat) or max(lengths) < 2:
+            return [np.zeros(n, dtype=bool) for n in lengths]
+        v = np.asarray(self.P.rows(flat), dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", v, v))
+        v /= np.where(norms > 0, norms, 1.0)[:, None]
+        # pad the lists to one length and take every list's Gram matrix in one batched product
+        width = max(lengths)
+        pos = np.zeros((len(rows), width), dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=bool)
+        start = 0
+        for i, n in enumerate(lengths):
+            pos[i, :n] = np.arange(start, start + n)
+            mask[i, :n] = True
+            start += n
+        x = v[pos] * mask[:, :, None]
+        gram = np.matmul(x, x.transpose(0, 2, 1))  # float32: the threshold is compared to ~1e-6
+        earlier = np.triu(np.ones((width, width), dtype=bool), k=1)[None, :, :]  # [i, j] for i < j
+        hit = ((gram >= np.asarray(thresholds, dtype=np.float32)[:, None, None]) & earlier).any(axis=1)
+        return [hit[i, :n] for i, n in enumerate(lengths)]
 
     def _near_dup_udf(self, x: pa.Array, t: pa.Array) -> pa.Array:
         lists = x.to_pylist()
         thr = t.to_numpy(zero_copy_only=False)
-        res: list[list[bool] | None] = []
-        for r, th in zip(lists, thr, strict=True):
-            res.append(None if r is None else self.near_duplicate_of_earlier([np.asarray(r)], float(th))[0].tolist())
+        present = [i for i, r in enumerate(lists) if r is not None]
+        flags = self.near_duplicate_of_earlier([np.asarray(lists[i], dtype=np.int64) for i in present],
+                                               [float(thr[i]) for i in present])
+        res: list[list[bool] | None] = [None] * len(lists)
+        for i, f in zip(present, flags, strict=True):
+            res[i] = f.tolist()
         return pa.array(res, pa.list_(pa.bool_()))
 
     def register(self, con: Any) -> None:

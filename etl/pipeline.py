@@ -53,6 +53,21 @@ def _raw_documents(ctx: Context, out: Path) -> dict[str, Any]:
     return ingest.write_raw_documents(ctx.cfg, out, ctx.progress)
 
 
+def _judged_negatives(ctx: Context, out: Path) -> dict[str, Any]:
+    from . import judge
+
+    if not ctx.cfg.judge.enabled:
+        judge.write_empty(out)
+        return {"enabled": False}
+    return judge.write_judged_negatives(ctx.cfg, ctx.wh.con, out, ctx.wh.root / "cache" / "judge", ctx.progress)
+
+
+def _decontamination(ctx: Context, out: Path) -> dict[str, Any]:
+    from . import decontaminate
+
+    return decontaminate.write_decontamination(ctx.cfg, ctx.wh.con, out)
+
+
 def _query_file_rows(ctx: Context, out: Path) -> dict[str, Any]:
     return queryfiles.write_query_file_rows(ctx.cfg, out)
 
@@ -129,6 +144,10 @@ STAGES: list[Stage] = [
     Stage("chunks"),
     Stage("passage_duplicates"),
     Stage("passages"),
+    Stage("decontamination", ("passages",), ("decontaminate", "decontamination"), python=_decontamination,
+          contract=Contract(not_null=["name", "kind", "match", "sha256"],
+                            checks=["(kind = 'question') = (key IS NOT NULL)",
+                                    "(kind = 'passage') = (passage_id IS NOT NULL)"])),
     Stage("query_file_rows", (), ("query_files",), python=_query_file_rows,
           contract=Contract(not_null=["name", "file", "line_no"])),
     Stage("user_queries"),
@@ -149,6 +168,11 @@ STAGES: list[Stage] = [
           contract=Contract(unique=[["query_id", "role", "rank"]], not_null=["query_id", "teacher_score"],
                             checks=["isfinite(teacher_score)"])),
     Stage("scored_candidates", cosines=True),
+    Stage("judged_negatives", ("scored_candidates", "queries", "passages"),
+          ("judge", "llm.base_url", "llm.model", "llm.api_key_env", "llm.timeout_s", "llm.max_retries",
+           "llm.backoff_s"), python=_judged_negatives,
+          contract=Contract(unique=[["query_id", "passage_id"]], not_null=["query_id", "passage_id", "verdict"],
+                            checks=["verdict IN ('relevant', 'not_relevant', 'failed')"])),
     Stage("examples", per_query=True),
 ]
 
@@ -235,9 +259,10 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "chunks": (),
     "passage_duplicates": (),
     "passages": (),
+    "decontamination": ("etl.decontaminate", "etl.ingest", "etl.validate"),
     "query_file_rows": ("etl.queryfiles", "etl.ingest"),  # queryfiles reads JSONL with ingest's reader
     "user_queries": (),
-    "llm_questions": ("etl.llm",),
+    "llm_questions": ("etl.llm", "etl.llm_prompt", "etl.llm_client", "etl.llm_cache"),
     "queries": (),
     "passage_embeddings": EMBED_MODULES,  # the embedding UDFs and what they run
     "query_embeddings": EMBED_MODULES,
@@ -247,6 +272,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     # prepare_text; the cross-encoder's device; the cosine UDFs of its filter rounds
     "teacher_scores": ("etl.teacher", "etl.embed", "etl.device", "etl.mine"),
     "scored_candidates": ("etl.mine",),  # near_duplicate_of_earlier (etl.mine.CosineUDFs)
+    "judged_negatives": ("etl.judge", "etl.llm", "etl.llm_prompt", "etl.llm_client", "etl.llm_cache"),
     "examples": (),
 }
 
@@ -287,11 +313,20 @@ def _stage_code(fn: Callable[..., Any]) -> str:
     return "".join(seen[k] for k in sorted(seen))
 
 
+def stage_uses_modules(stage: Stage, cfg: Config) -> bool:
+    """False for the LLM stages while they are off (they then write an empty layer): no module is hashed."""
+    if stage.name == "llm_questions":
+        return "llm" in cfg.queries.methods
+    if stage.name == "judged_negatives":
+        return cfg.judge.enabled
+    return True
+
+
 def _code_version(stage: Stage, cfg: Config) -> str:
     """The code a stage runs: its SQL model, or its body (+ helpers) here; then its declared modules."""
     text = sql_model(cfg, stage.name).read_text(encoding="utf-8") if stage.is_sql else _stage_code(stage.python)
     modules = STAGE_MODULES[stage.name]
-    if stage.name == "llm_questions" and "llm" not in cfg.queries.methods:
+    if not stage_uses_modules(stage, cfg):
         modules = ()
     return text + "".join(f"\x00{m}\x00{module_source(m)}" for m in modules)
 
@@ -309,10 +344,18 @@ def stage_fingerprint(stage: Stage, ctx: Context, dep_fingerprint: Callable[[str
         parts.append(json.dumps(ingest.input_signature(ctx.cfg)))
     if stage.name == "query_file_rows":
         parts.append(json.dumps(queryfiles.input_signature(ctx.cfg)))
+    if stage.name == "decontamination" and ctx.cfg.decontaminate:
+        from . import decontaminate
+
+        parts.append(json.dumps(decontaminate.input_signature(ctx.cfg)))
     if stage.name == "llm_questions" and "llm" in ctx.cfg.queries.methods:
         from . import llm
 
         parts.append(llm.prompt_signature(ctx.cfg.llm))
+    if stage.name == "judged_negatives" and ctx.cfg.judge.enabled:
+        from . import judge
+
+        parts.append(judge.prompt_signature(ctx.cfg))
     if stage.name == "teacher_scores":  # the teacher runs scored_candidates.sql between its rounds
         parts.append((ctx.cfg.sql_dir / "scored_candidates.sql").read_text(encoding="utf-8"))
     if stage.embeds:
@@ -321,16 +364,14 @@ def stage_fingerprint(stage: Stage, ctx: Context, dep_fingerprint: Callable[[str
 
 
 def _code_parts(stage: Stage, ctx: Context) -> dict[str, str]:
-    """Hash of each piece of code a stage runs (mirrors :func:`etl._code_version`)."""
+    """Hash of each piece of code a stage runs (mirrors :func:`_code_version`)."""
     parts: dict[str, str] = {}
     if stage.is_sql:
         parts[f"etl/sql/{stage.name}.sql"] = sha(sql_model(ctx.cfg, stage.name).read_text(encoding="utf-8"))
     else:
         assert stage.python is not None
         parts[f"etl/py:{stage.python.__name__}"] = sha(_stage_code(stage.python))
-    modules = STAGE_MODULES[stage.name]
-    if stage.name == "llm_questions" and "llm" not in ctx.cfg.queries.methods:
-        modules = ()
+    modules = STAGE_MODULES[stage.name] if stage_uses_modules(stage, ctx.cfg) else ()
     for m in modules:
         parts[m] = sha(module_source(m))
     return parts

@@ -48,7 +48,8 @@ def _reasons(stage: Stage, ctx: Context, planned: dict[str, str], recorded: dict
     out += [f"code changed: {k}" for k, v in new["code"].items() if old.get("code", {}).get(k) != v]
     out += [f"code no longer run: {k}" for k in old.get("code", {}) if k not in new["code"]]
     out += [f"upstream layer {d} changes" for d, v in new["deps"].items() if old.get("deps", {}).get(d) != v]
-    return out or ["input files changed (sources, query files, LLM prompt or embedding model version)"]
+    return out or ["input files changed (sources, query files, evaluation files, LLM prompt or embedding model "
+                   "version)"]
 
 
 def make_plan(ctx: Context) -> list[PlannedStage]:

@@ -332,6 +332,15 @@ def write_report(cfg: Config, con: Any, out_dir: Path) -> Path:
             rejects = results["user_query_rejects"]
             if rejects.ok and rejects.rows:
                 md += ["Query-file lines rejected:\n", _source_line("user_query_rejects"), _result_table(rejects)]
+            if cfg.decontaminate:
+                md += ["## Decontamination\n",
+                       "Per evaluation set ([[decontaminate]]): queries equal to an evaluation question (normalized) "
+                       "and corpus passages equal to or overlapping an evaluation passage (word "
+                       f"{cfg.decontamination.ngram}-grams, >= {cfg.decontamination.min_containment:.0%} of the "
+                       "shorter text) are kept out of every record; `decontamination.json` beside the export lists "
+                       "their SHA-256.\n",
+                       _source_line("stats/decontamination"),
+                       _result_table(run_report_sql(con, sql_dir, "decontamination", folder="stats"))]
         elif section.title == "Sample records":
             md += _samples_section(results["sample_records"], scale)
     report = out_dir / "report.md"

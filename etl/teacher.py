@@ -109,14 +109,30 @@ SCORE_CACHE_SCHEMA = pa.schema([("query_hash", pa.string()), ("passage_hash", pa
 PREDICT_CHUNK = 8  # teacher.batch_size batches per model call: the cache receives scores this often
 
 
+def score_dtype(t: TeacherConfig) -> str:
+    """The precision the cross-encoder scores in: ``float16`` only with ``teacher.fp16`` on a CUDA device."""
+    if not t.fp16 or t.device in ("cpu", "mps"):
+        return "float32"
+    if t.device == "auto":
+        import torch
+
+        return "float16" if torch.cuda.is_available() else "float32"
+    return "float16"
+
+
 def cache_key_prefix(t: TeacherConfig) -> str:
-    """What a cached score's key covers besides the texts: the cross-encoder and ``teacher.max_chars``.
+    """What a cached score's key covers besides the texts: model, ``max_chars`` and precision.
+
+    The precision is :func:`score_dtype`.
 
     ``query_hash = sha256(prefix + query)`` and ``passage_hash = sha256(prefix + doc text)`` (the
     texts before :func:`etl.embed.prepare_text`, which depends only on them and ``max_chars``).
-    Settings that move a score only by float noise (device, fp16, batch size) are left out.
+    The precision is in the key because fp16 noise is what swaps near-equal negatives: a float32 run
+    never reads a float16 score. Device and batch size move a score by float32 rounding only and are
+    left out.
     """
-    return f"etl-teacher-cache/v{SCORE_CACHE_VERSION} model={t.cross_encoder} max_chars={t.max_chars}\n"
+    return (f"etl-teacher-cache/v{SCORE_CACHE_VERSION} model={t.cross_encoder} max_chars={t.max_chars}"
+            f" dtype={score_dtype(t)}\n")
 
 
 def pair_hashes(t: TeacherConfig, query: str, text: str) -> tuple[str, str]:
@@ -215,7 +231,7 @@ _MODELS: dict[tuple, Any] = {}
 
 
 def load_cross_encoder(name: str, device: str = "auto", fp16: bool = True) -> Any:
-    """A sentence-transformers CrossEncoder (shared within the process)."""
+    """A sentence-transformers CrossEncoder (shared within the process), in float32 unless ``fp16`` on CUDA."""
     key = (name, device, fp16)
     if key not in _MODELS:
         try:
@@ -227,6 +243,8 @@ def load_cross_encoder(name: str, device: str = "auto", fp16: bool = True) -> An
         model = CrossEncoder(name, device=device)
         if fp16 and device.startswith("cuda"):
             model.model.half()
+        else:  # exact scores: float32 even when the checkpoint's config asks for half precision
+            model.model.float()
         _MODELS[key] = model
     return _MODELS[key]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import threading
 import time
 import unicodedata
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl import llm
+from etl import judge, llm, llm_cache, llm_prompt
 from etl.config import load_config
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
@@ -43,6 +44,12 @@ def default_answer(prompt: str) -> str:
     return json.dumps([f"{topic}의 특징은 무엇인가요?", f"{topic}은 언제 처음 알려졌나요?"], ensure_ascii=False)
 
 
+def judge_answer(prompt: str) -> str:
+    """A deterministic judge: "yes" for half of the (query, passage) pairs, by the md5 of the prompt."""
+    yes = int(hashlib.md5(prompt.encode()).hexdigest(), 16) % 2 == 0
+    return json.dumps({"answer": "yes" if yes else "no", "reason": "판정 이유"}, ensure_ascii=False)
+
+
 class FakeLLM:
     """A chat-completions server; ``script[passage_key]`` lists actions, one per request (last repeats).
 
@@ -63,6 +70,8 @@ class FakeLLM:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse can be seen
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -77,7 +86,8 @@ class FakeLLM:
                     fake.hits[key] += 1
                     fake.times[key].append(time.monotonic())
                     fake.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                          "body": body, "key": key})
+                                          "body": body, "key": key, "port": self.client_address[1],
+                                          "t": time.monotonic()})
                     fake.active += 1
                     fake.max_active = max(fake.max_active, fake.active)
                     actions = fake.script.get(key, [fake.default])
@@ -104,7 +114,10 @@ class FakeLLM:
             def _act(self, action: tuple, prompt: str) -> None:
                 kind = action[0]
                 if kind == "ok":
-                    self._send(200, ok_body(action[1] if action[1] is not None else default_answer(prompt)))
+                    is_judge = "<질문>" in prompt or prompt.startswith("JUDGE")
+                    answer = action[1] if action[1] is not None else (
+                        judge_answer(prompt) if is_judge else default_answer(prompt))
+                    self._send(200, ok_body(answer))
                 elif kind == "status":
                     self._send(action[1], action[3], action[2])
                 elif kind == "slow":
@@ -337,7 +350,7 @@ def test_crash_after_calls_loses_nothing(tmp_path, server, monkeypatch):
 
 def test_cache_flushes_during_the_run(tmp_path, server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)
-    monkeypatch.setattr(llm, "CACHE_FLUSH_EVERY", 3)
+    monkeypatch.setattr(llm_cache, "CACHE_FLUSH_EVERY", 3)
     con = make_con([f"k{i}" for i in range(7)])
     cfg = make_cfg(tmp_path, server)
     counts, _ = run_stage(cfg, con, tmp_path)
@@ -349,8 +362,8 @@ def test_cache_flushes_during_the_run(tmp_path, server, monkeypatch):
 
 def test_cache_compaction_and_unreadable_files(tmp_path, server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)
-    monkeypatch.setattr(llm, "CACHE_FLUSH_EVERY", 1)
-    monkeypatch.setattr(llm, "CACHE_COMPACT_ABOVE", 3)
+    monkeypatch.setattr(llm_cache, "CACHE_FLUSH_EVERY", 1)
+    monkeypatch.setattr(llm_cache, "CACHE_COMPACT_ABOVE", 3)
     con = make_con([f"k{i}" for i in range(5)])
     cfg = make_cfg(tmp_path, server)
     run_stage(cfg, con, tmp_path)
@@ -454,6 +467,35 @@ def test_truncated_and_empty_answers(tmp_path, server, monkeypatch):
     assert counts["ok_questions"] == 2
 
 
+def test_without_the_openai_extra_the_error_names_it(tmp_path, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    monkeypatch.setitem(sys.modules, "openai", None)  # import openai -> ImportError
+    with pytest.raises(llm.LLMError, match=r"ko-sparse-etl\[llm\]"):
+        run_stage(make_cfg(tmp_path, server), make_con(["a"]), tmp_path)
+    assert server.requests == []
+
+
+def test_a_429_pauses_every_worker(tmp_path, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server.script["a0"] = [("status", 429, {"Retry-After": "1"}, b'{"error": "slow down"}'), ("ok", None)]
+    server.delay = 0.1
+    keys = ["a0"] + [f"b{i}" for i in range(6)]
+    counts, _ = run_stage(make_cfg(tmp_path, server, "llm.max_concurrency=2"), make_con(keys), tmp_path)
+    assert counts["ok_questions"] == 2 * len(keys) and counts["retries"] == 1
+    t429 = server.times["a0"][0] + server.delay  # when the 429 was answered
+    during = [r["key"] for r in server.requests if t429 + 0.05 < r["t"] < t429 + 0.9]
+    assert during == []  # the other worker waited too, not only the one that got the 429
+    assert server.times["a0"][1] - t429 >= 0.9
+
+
+def test_connections_are_reused(tmp_path, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    keys = [f"k{i}" for i in range(6)]
+    run_stage(make_cfg(tmp_path, server, "llm.max_concurrency=1"), make_con(keys), tmp_path)
+    assert len(server.requests) == 6
+    assert len({r["port"] for r in server.requests}) == 1  # one pooled keep-alive connection
+
+
 def test_empty_layer(tmp_path):
     out = tmp_path / "empty.parquet"
     llm.write_empty(out)
@@ -506,6 +548,17 @@ def test_judge_questions():
 def test_longest_common_span_is_exact(a, b):
     brute = max((j - i for i in range(len(a)) for j in range(i + 1, len(a) + 1) if a[i:j] in b), default=0)
     assert llm.longest_common_span(a, b) == brute
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="가나다ab ", min_size=5, max_size=30), st.text(alphabet="가나다ab ", max_size=60),
+       st.integers(min_value=1, max_value=8))
+def test_copy_filter_drops_exactly_the_long_verbatim_spans(q, passage, max_copy):
+    norm = llm_prompt._norm_text
+    a, b = norm(q), norm(passage)
+    brute = max((j - i for i in range(len(a)) for j in range(i + 1, len(a) + 1) if a[i:j] in b), default=0)
+    [(_, status)] = llm.judge_questions([q], passage, 1, max_copy)
+    assert (status == "copied_span") == (brute >= max_copy)
 
 
 def test_prompt_rendering_and_hash(tmp_path):
@@ -642,5 +695,224 @@ top_k = 10
     assert len(records) == meta["total_queries"]
     assert all(len(r["docs"]) == 6 for r in records)
     assert any("특징은 무엇인가요?" in r["query"] for r in records)  # the server's questions are the queries
+    for p, data in all_bytes_under(tmp_path):
+        assert SECRET.encode() not in data, p
+
+
+# ---- the LLM judge of the hardest negatives --------------------------------------------------
+
+JUDGE_TEMPLATE = "JUDGE ID={title}\nQ={query}\n{passage}\n"
+YES = json.dumps({"answer": "yes", "reason": "단락이 답을 담고 있다"}, ensure_ascii=False)
+NO = '```json\n{"answer": "no", "reason": "주제만 비슷하다"}\n```'
+
+
+def make_judge_con(negatives: dict[str, list[tuple[str, float, str | None]]]) -> duckdb.DuckDBPyConnection:
+    """queries q1.., each with a positive and its negatives (passage title, teacher score, filter_reason)."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE queries (query_id VARCHAR, query VARCHAR)")
+    con.execute("CREATE TABLE passages (passage_id VARCHAR, title VARCHAR, text VARCHAR)")
+    con.execute("CREATE TABLE scored_candidates (query_id VARCHAR, passage_id VARCHAR, role VARCHAR, "
+                "teacher_score DOUBLE, filter_reason VARCHAR)")
+    titles = {t for negs in negatives.values() for t, _, _ in negs}
+    con.executemany("INSERT INTO passages VALUES (?, ?, ?)",
+                    [(f"pid-{t}", t, PASSAGE_TEXT.format(k=t)) for t in sorted(titles | {"pos"})])
+    for qid, negs in negatives.items():
+        con.execute("INSERT INTO queries VALUES (?, ?)", [qid, f"{qid} 지역의 시장은 어디에 있나요?"])
+        con.execute("INSERT INTO scored_candidates VALUES (?, 'pid-pos', 'positive', 9.0, NULL)", [qid])
+        con.executemany("INSERT INTO scored_candidates VALUES (?, ?, 'hard', ?, ?)",
+                        [(qid, f"pid-{t}", score, reason) for t, score, reason in negs])
+    return con
+
+
+def judge_cfg(tmp_path: Path, server: FakeLLM, *extra: str):
+    prompt = tmp_path / "judge.txt"
+    prompt.write_text(JUDGE_TEMPLATE, encoding="utf-8")
+    return make_cfg(tmp_path, server, "judge.enabled=true", f'judge.prompt_file="{prompt}"', "judge.hardest=2",
+                    'judge.model="judge-model"', *extra)
+
+
+def run_judge(cfg, con, tmp_path: Path, name: str = "judged.parquet") -> tuple[dict[str, Any], list[dict]]:
+    out = tmp_path / name
+    counts = judge.write_judged_negatives(cfg, con, out, tmp_path / "wh" / "cache" / "judge", progress=False)
+    table = pq.read_table(out)
+    assert table.schema.equals(judge.SCHEMA), table.schema
+    return counts, table.to_pylist()
+
+
+def test_judge_scripted_run(tmp_path, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server.script.update({
+        "rel": [("ok", YES)], "irr": [("ok", NO)], "e500": [("status", 500, {}, b"boom"), ("ok", YES)],
+        "dead": [("status", 503, {}, b"down")], "junk": [("ok", "글쎄요, 잘 모르겠습니다.")],
+        "low": [("ok", YES)], "filtered": [("ok", YES)],
+    })
+    con = make_judge_con({
+        "q1": [("rel", 5.0, None), ("irr", 4.0, None), ("low", 1.0, None), ("filtered", 8.0, "relative_margin")],
+        "q2": [("e500", 3.0, None), ("dead", 2.5, None)],
+        "q3": [("junk", 3.0, None), ("rel", 2.0, None), ("low", 1.0, None)],
+    })
+    cfg = judge_cfg(tmp_path, server)
+    counts, rows = run_judge(cfg, con, tmp_path)
+
+    # only the 2 hardest usable negatives of each query are asked about: never the positive, a filtered
+    # candidate or a lower one; the same (query, passage) text is asked once per query
+    got = {(r["query_id"], r["passage_id"]): (r["verdict"], r["reason"]) for r in rows}
+    assert got == {
+        ("q1", "pid-rel"): ("relevant", "단락이 답을 담고 있다"),
+        ("q1", "pid-irr"): ("not_relevant", "주제만 비슷하다"),
+        ("q2", "pid-e500"): ("relevant", "단락이 답을 담고 있다"),
+        ("q2", "pid-dead"): ("failed", "http_error:503"),
+        ("q3", "pid-junk"): ("failed", "unparseable"),
+        ("q3", "pid-rel"): ("relevant", "단락이 답을 담고 있다"),
+    }
+    assert dict(server.hits) == {"rel": 2, "irr": 1, "e500": 2, "dead": 3, "junk": 1}
+    assert {r["body"]["model"] for r in server.requests} == {"judge-model"}
+    assert {r["body"]["temperature"] for r in server.requests} == {0.0}
+    assert {r["auth"] for r in server.requests} == {f"Bearer {SECRET}"}
+    prompts = {r["body"]["messages"][0]["content"] for r in server.requests if r["key"] == "irr"}
+    assert prompts == {f"JUDGE ID=irr\nQ=q1 지역의 시장은 어디에 있나요?\n{PASSAGE_TEXT.format(k='irr')}\n"}
+    assert counts["pairs"] == 6 and counts["responses"] == 5 and counts["calls_made"] == 9
+    assert counts["prompt_tokens"] == 5 * 10 and counts["completion_tokens"] == 5 * 20  # the cost, from usage
+    assert counts["verdicts"] == {"relevant": 3, "not_relevant": 1, "failed": 2}
+    assert counts["failures"] == {"http_error:503": 1, "unparseable": 1}
+
+    # second run: every answer is cached (the unparseable one too); only the transport failure is asked again
+    server.reset_counts()
+    counts2, rows2 = run_judge(cfg, con, tmp_path, "again.parquet")
+    assert dict(server.hits) == {"dead": 3}
+    assert rows2 == rows and counts2["cache_hits"] == 5 and counts2["prompt_tokens"] == 0
+    # another judge model asks again
+    server.reset_counts()
+    run_judge(judge_cfg(tmp_path, server, 'judge.model="other"'), con, tmp_path, "other.parquet")
+    assert dict(server.hits) == {"rel": 2, "irr": 1, "e500": 2, "dead": 3, "junk": 1}  # as the first run
+    for p, data in all_bytes_under(tmp_path):
+        assert SECRET.encode() not in data, p
+
+
+def test_judge_that_never_answers_stops_with_the_reasons(tmp_path, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server.default = ("status", 401, {}, f'{{"error": "bad key {SECRET}"}}'.encode())
+    con = make_judge_con({f"q{i}": [(f"n{i}", 1.0, None)] for i in range(3)})
+    with pytest.raises(llm.LLMError) as info:
+        run_judge(judge_cfg(tmp_path, server), con, tmp_path)
+    assert "http_error:401: 3" in str(info.value) and SECRET not in str(info.value)
+    assert not (tmp_path / "judged.parquet").exists()
+
+
+def test_judge_without_pairs_and_disabled_layer(tmp_path, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    counts, rows = run_judge(judge_cfg(tmp_path, server), make_judge_con({}), tmp_path)
+    assert rows == [] and counts["pairs"] == 0 and server.requests == []
+    out = tmp_path / "empty.parquet"
+    judge.write_empty(out)
+    assert pq.read_table(out).schema.equals(judge.SCHEMA)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"answer": "yes", "reason": "답이 있다"}', ("relevant", "답이 있다")),
+    ('```json\n{"answer": "No", "reason": "없다"}\n```', ("not_relevant", "없다")),
+    ('판단: {"verdict": "예"}', ("relevant", "")),
+    ('{"relevant": false}', ("not_relevant", "")),
+    ("<think>yes? no?</think>\n아니오. 다른 내용입니다.", ("not_relevant", "아니오. 다른 내용입니다.")),
+    ("**Yes** - the passage states it", ("relevant", "Yes - the passage states it")),
+    ("글쎄요", (None, "")),
+    ("", (None, "")),
+])
+def test_parse_verdict(text, expected):
+    assert judge.parse_verdict(text) == expected
+
+
+def test_judge_prompt_and_config(tmp_path):
+    tpl = "Q={query} T={title} {passage} {\"answer\": \"yes\"}"
+    assert judge.render_prompt(tpl, "{passage}", "제목", "본문") == 'Q={passage} T=제목 본문 {"answer": "yes"}'
+    cfg = load_config(None, ["judge.enabled=true", 'llm.model="m"'])
+    assert judge.judge_llm_config(cfg).model == "m" and judge.judge_llm_config(cfg).base_url == cfg.llm.base_url
+    bundled = judge.load_template(cfg)
+    assert "{query}" in bundled and "{passage}" in bundled
+    h = judge.prompt_signature(cfg)
+    cfg.judge.temperature = 0.5
+    assert judge.prompt_signature(cfg) != h
+    bad = tmp_path / "bad.txt"
+    bad.write_text("{passage} only", encoding="utf-8")
+    cfg.judge.prompt_file = str(bad)
+    with pytest.raises(llm.LLMError, match=r"\{query\}"):
+        judge.load_template(cfg)
+    from etl.config import ConfigError
+    with pytest.raises(ConfigError, match="judge.model"):
+        load_config(None, ["judge.enabled=true"])
+    with pytest.raises(ConfigError, match="judge.hardest"):
+        load_config(None, ["judge.enabled=true", 'judge.model="j"', "judge.hardest=0"])
+
+
+def test_judge_modules_are_not_hashed_while_the_judge_is_off(monkeypatch):
+    from etl import pipeline
+
+    off = pipeline.Context(load_config(None, []), None)
+    on = pipeline.Context(load_config(None, ["judge.enabled=true", 'llm.model="m"']), None)
+    before_off, before_on = pipeline.planned_fingerprints(off), pipeline.planned_fingerprints(on)
+    real = pipeline.module_source
+    monkeypatch.setattr(pipeline, "module_source", lambda name: real(name) + ("#" if name == "etl.judge" else ""))
+    assert pipeline.planned_fingerprints(off) == before_off
+    after_on = pipeline.planned_fingerprints(on)
+    assert {k for k in before_on if before_on[k] != after_on[k]} == {"judged_negatives", "examples"}
+
+
+def test_pipeline_with_the_judge(tmp_path, server, monkeypatch):
+    """Turning the judge on re-runs judged_negatives and examples; judged-relevant negatives leave the records."""
+    from etl.pipeline import run_pipeline
+
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "title": t, "text": x}, ensure_ascii=False) + "\n"
+                              for i, (t, x) in enumerate(DOCS)), encoding="utf-8")
+    toml = tmp_path / "config.toml"
+    toml.write_text(f"""
+[run]
+progress = false
+[paths]
+warehouse = "{tmp_path / 'wh'}"
+export = "{tmp_path / 'out'}"
+[[sources]]
+name = "tiny"
+paths = ["{corpus}"]
+[clean]
+min_chars = 50
+[chunk]
+target_chars = 450
+max_chars = 900
+min_chars = 80
+[llm]
+base_url = "{server.base_url}"
+api_key_env = "{KEY_ENV}"
+backoff_s = 0.01
+[negatives]
+hard = 5
+easy = 0
+related = 0
+[mining]
+top_k = 10
+""", encoding="utf-8")
+    log: list[str] = []
+    meta1 = run_pipeline(load_config(toml), log=lambda *_: None)
+    assert server.requests == [] and meta1["stages"]["judged_negatives"]["extra"] == {"enabled": False}
+    wh = tmp_path / "wh" / "layers"
+    before = {r["query_id"]: r["passage_ids"] for r in pq.read_table(wh / "examples.parquet").to_pylist()}
+
+    cfg = load_config(toml, ["judge.enabled=true", 'judge.model="judge-model"', "judge.hardest=2"])
+    meta2 = run_pipeline(cfg, log=lambda *a: log.append(" ".join(map(str, a))))
+    extra = meta2["stages"]["judged_negatives"]["extra"]
+    judged = pq.read_table(wh / "judged_negatives.parquet").to_pylist()
+    assert len(server.requests) == extra["calls_made"] == extra["pairs"] == len(judged) > 0
+    assert extra["prompt_tokens"] == 10 * len(judged) and extra["failures"] == {}
+    relevant = {(r["query_id"], r["passage_id"]) for r in judged if r["verdict"] == "relevant"}
+    assert extra["verdicts"]["relevant"] == len(relevant) > 0
+    after = {r["query_id"]: r["passage_ids"] for r in pq.read_table(wh / "examples.parquet").to_pylist()}
+    assert not any(pid in after.get(qid, []) for qid, pid in relevant)  # gone from every record
+    assert any(pid in before.get(qid, []) for qid, pid in relevant)  # and some were in them before
+    for qid in set(before) - {q for q, _ in relevant}:  # records without a judged-relevant negative: unchanged
+        assert after[qid] == before[qid]
+    lost = set(before) - set(after)  # queries the judge left without enough negatives: counted as such
+    assert sum(meta2.get("dropped_queries", {}).values()) - sum(meta1.get("dropped_queries", {}).values()) == len(lost)
+    assert meta2.get("dropped_queries", {}).get("not_enough_hard_negatives", 0) >= len(lost)
     for p, data in all_bytes_under(tmp_path):
         assert SECRET.encode() not in data, p

@@ -21,6 +21,10 @@
 -- the positive itself positive_rank_too_low (more than filters.positive_max_rank passages of other
 -- documents score above it: the query does not retrieve its own passage; only where the query's
 -- drop_low_rank is set: generated queries by default, never a query file unless it asks).
+-- Decontamination (layer decontamination, etl/decontaminate.py): contaminated (a candidate equal to
+-- or overlapping an evaluation passage: never a negative); on the positive, contaminated_query (the
+-- query equals an evaluation question, normalized) and contaminated_positive (the positive is such a
+-- passage; a query with several known positives takes a clean one when it has one): the query is dropped.
 -- Random draws are md5(query_id, draw, seed) over passage indexes: deterministic, no cross join.
 -- (The modulus is cast to UHUGEINT: md5_number is UHUGEINT, and UHUGEINT % BIGINT is computed in
 -- DOUBLE, which rounds away the low bits: on 40 passages every draw fell on one of 5 of them.)
@@ -44,6 +48,8 @@ qrow AS (  -- row of each query in embeddings/query_embeddings.npy; cosine to a 
 ),
 q0 AS (
     SELECT q.query_id, q.positive_passage_id, q.positive_fixed, q.positive_passage_ids, q.drop_low_rank,
+           lower(trim(regexp_replace(nfc_normalize(q.query), '[\s\pZ\x{0B}\x{1C}-\x{1F}\x{85}]+', ' ', 'g')))
+               IN (SELECT key FROM decontamination WHERE kind = 'question') AS query_contaminated,
            list_transform(q.positive_doc_ids, lambda x: md5_number(x)) AS named_doc_keys, r.q_row, r.fixed_pos_sim
     FROM queries q
     JOIN qrow r USING (query_id)
@@ -52,11 +58,13 @@ best AS (  -- the known positive most similar to the query, for queries without 
     SELECT k.query_id, arg_max(k.passage_id, query_passage_cos(k.q_row, pr.p_row)) AS passage_id
     FROM (SELECT query_id, q_row, unnest(positive_passage_ids) AS passage_id FROM q0 WHERE NOT positive_fixed) k
     JOIN prow pr ON pr.passage_id = k.passage_id
+    WHERE k.passage_id NOT IN (SELECT passage_id FROM decontamination WHERE kind = 'passage')
     GROUP BY k.query_id
 ),
 lib AS (  -- every passage with its global and in-cluster index, for deterministic random draws
     SELECT p.passage_id, md5_number(p.doc_id) AS doc_key, md5_number(lower(p.title)) AS title_key, c.cluster_id,
            md5_number(lower(regexp_replace(p.text, '\s+', '', 'g'))) AS text_key, pr.p_row,
+           p.passage_id IN (SELECT passage_id FROM decontamination WHERE kind = 'passage') AS contaminated,
            row_number() OVER (ORDER BY p.passage_id) - 1 AS idx,
            row_number() OVER (PARTITION BY c.cluster_id ORDER BY p.passage_id) - 1 AS cidx,
            count(*) OVER (PARTITION BY c.cluster_id) AS csize
@@ -66,6 +74,7 @@ qx AS (  -- query + resolved positive: its row, text key, cluster, and the query
     -- doc_keys: the positive's document and every document named for the query
     SELECT q0.query_id, l.doc_key, list_distinct(list_append(q0.named_doc_keys, l.doc_key)) AS doc_keys,
            l.title_key, q0.q_row, q0.positive_passage_ids AS known_ids, q0.drop_low_rank,
+           q0.query_contaminated, l.contaminated AS pos_contaminated,
            coalesce(best.passage_id, q0.positive_passage_id) AS positive_passage_id,
            l.p_row AS pos_row, l.text_key AS pos_text_key, l.cluster_id AS pos_cluster, l.csize AS pos_csize,
            coalesce(q0.fixed_pos_sim, query_passage_cos(q0.q_row, l.p_row)) AS pos_sim
@@ -84,7 +93,9 @@ pos_rank AS (  -- 1 + passages of other documents scoring above the positive (ca
 pos AS (
     SELECT qx.query_id, qx.positive_passage_id AS passage_id, 'positive' AS role, 0 AS rank,
            qx.pos_sim AS teacher_sim,
-           CASE WHEN getvariable('positive_max_rank') > 0 AND qx.drop_low_rank
+           CASE WHEN qx.query_contaminated THEN 'contaminated_query'
+                WHEN qx.pos_contaminated THEN 'contaminated_positive'
+                WHEN getvariable('positive_max_rank') > 0 AND qx.drop_low_rank
                      AND r.positive_rank > getvariable('positive_max_rank')
                 THEN 'positive_rank_too_low' END AS filter_reason,
            r.positive_rank
@@ -95,6 +106,7 @@ hard AS (
         CASE
             WHEN n.passage_id = qx.positive_passage_id THEN 'is_positive'
             WHEN list_contains(qx.known_ids, n.passage_id) THEN 'known_positive'
+            WHEN l.contaminated THEN 'contaminated'
             WHEN n.rank <= getvariable('skip_top') THEN 'rank_window'
             WHEN getvariable('exclude_same_document') AND list_contains(qx.doc_keys, l.doc_key) THEN 'same_document'
             WHEN getvariable('exclude_same_document') AND l.title_key = qx.title_key THEN 'same_title'
@@ -125,7 +137,7 @@ qd AS NOT MATERIALIZED (  -- per query: its random draws as lists of passage / i
 -- one row per draw; `repeated` = the same passage was drawn earlier for this query and role
 easy_raw AS (
     SELECT d.*, 'easy' AS role, l.passage_id, l.doc_key AS c_doc_key, l.title_key AS c_title_key, l.cluster_id,
-           l.text_key, l.p_row, l.idx AS lib_idx
+           l.text_key, l.p_row, l.idx AS lib_idx, l.contaminated
     FROM (SELECT query_id, q_row, positive_passage_id, known_ids, doc_keys, title_key, pos_row, pos_text_key, pos_cluster, nb_idx,
                  unnest(easy_idx) AS key, generate_subscripts(easy_idx, 1) AS rank,
                  list_position(easy_idx, unnest(easy_idx)) < generate_subscripts(easy_idx, 1) AS repeated
@@ -134,7 +146,7 @@ easy_raw AS (
 ),
 related_raw AS (
     SELECT d.*, 'related' AS role, l.passage_id, l.doc_key AS c_doc_key, l.title_key AS c_title_key, l.cluster_id,
-           l.text_key, l.p_row, l.idx AS lib_idx
+           l.text_key, l.p_row, l.idx AS lib_idx, l.contaminated
     FROM (SELECT query_id, q_row, positive_passage_id, known_ids, doc_keys, title_key, pos_row, pos_text_key, pos_cluster, nb_idx,
                  unnest(related_cidx) AS key, generate_subscripts(related_cidx, 1) AS rank,
                  list_position(related_cidx, unnest(related_cidx)) < generate_subscripts(related_cidx, 1) AS repeated
@@ -147,6 +159,7 @@ drawn AS (
            CASE
                WHEN r.passage_id = r.positive_passage_id THEN 'is_positive'
                WHEN list_contains(r.known_ids, r.passage_id) THEN 'known_positive'
+               WHEN r.contaminated THEN 'contaminated'
                WHEN getvariable('exclude_same_document') AND list_contains(r.doc_keys, r.c_doc_key) THEN 'same_document'
                WHEN getvariable('exclude_same_document') AND r.c_title_key = r.title_key THEN 'same_title'
                WHEN r.text_key = r.pos_text_key

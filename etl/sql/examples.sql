@@ -4,6 +4,8 @@
 --
 -- Picks (from scored_candidates, usable rows): hard = the best-scored usable neighbours within the
 -- rank window (ranks up to mining.top_k), deeper ranks only when the window cannot fill the slots;
+-- with negatives.sampling = "spread", hard = negatives.hard usable window neighbours evenly spaced in
+-- teacher-score order instead (the hardest, the least hard, and evenly between: stratified by score rank);
 -- related = the best-scored usable same-cluster draws, easy = the first usable random draws (draw
 -- order), both taken below every picked hard negative first and from the other usable draws only
 -- when too few score below (never a passage already picked). So positive > every negative by teacher
@@ -26,6 +28,8 @@
 -- @check: list_min(scores) >= 0 AND list_max(scores) <= getvariable('score_scale')
 WITH ok AS NOT MATERIALIZED (  -- re-read per use (a filtered scan) rather than holding every usable candidate
     SELECT *, teacher_score AS teacher_sim FROM scored_candidates
+    -- filter 'judged_relevant': a negative the LLM judge says answers the query (etl/judge.py)
+    ANTI JOIN (SELECT query_id, passage_id FROM judged_negatives WHERE verdict = 'relevant') USING (query_id, passage_id)
     WHERE filter_reason IS NULL
       -- the runner writes this layer one query_id range at a time (duckdb.batch_queries queries);
       -- unset (NULL) bounds = every query
@@ -33,10 +37,20 @@ WITH ok AS NOT MATERIALIZED (  -- re-read per use (a filtered scan) rather than 
       AND (getvariable('batch_to') IS NULL OR query_id < getvariable('batch_to'))
 ),
 pos AS (SELECT * FROM ok WHERE role = 'positive'),
-hard_pick AS (
-    SELECT * FROM ok WHERE role = 'hard'
-    QUALIFY row_number() OVER (PARTITION BY query_id
-                               ORDER BY rank > getvariable('top_k'), teacher_sim DESC, passage_id) <= getvariable('n_hard')
+hard_ranked AS (  -- usable hard candidates in picking order (rank window first, then best score)
+    SELECT *, row_number() OVER (PARTITION BY query_id
+                                 ORDER BY rank > getvariable('top_k'), teacher_sim DESC, passage_id) AS pick_no,
+           count(*) FILTER (WHERE rank <= getvariable('top_k')) OVER (PARTITION BY query_id) AS n_window
+    FROM ok WHERE role = 'hard'
+),
+hard_pick AS (  -- negatives.sampling: top = the first n_hard; spread = n_hard evenly spaced in score order
+    -- over the usable window candidates (the hardest, the least hard and evenly between), when the
+    -- window holds more than n_hard (else as top)
+    SELECT * EXCLUDE (pick_no, n_window) FROM hard_ranked
+    WHERE CASE WHEN getvariable('negative_sampling') = 'spread' AND n_window > getvariable('n_hard')
+               THEN list_contains(list_transform(range(getvariable('n_hard')), lambda i:
+                        1 + round(i * (n_window - 1) / (getvariable('n_hard') - 1))::BIGINT), pick_no)
+               ELSE pick_no <= getvariable('n_hard') END
 ),
 hard_stats AS (
     SELECT query_id, count(*) AS n_hard, min(teacher_sim) AS min_hard, count_if(rank > getvariable('top_k')) AS n_deep

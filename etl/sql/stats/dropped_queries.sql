@@ -2,7 +2,9 @@
 -- (etl/cli.py DROP_HINTS says what each means and which setting would keep such queries).
 -- Columns: reason, n.
 WITH usable AS (
-    SELECT query_id, role, count(*) AS n FROM scored_candidates WHERE filter_reason IS NULL GROUP BY ALL
+    SELECT query_id, role, count(*) AS n FROM scored_candidates
+    ANTI JOIN (SELECT query_id, passage_id FROM judged_negatives WHERE verdict = 'relevant') USING (query_id, passage_id)
+    WHERE filter_reason IS NULL GROUP BY ALL
 ),
 flagged AS (
     SELECT query_id, filter_reason FROM candidates WHERE role = 'positive' AND filter_reason IS NOT NULL

@@ -1,0 +1,234 @@
+"""The chat-completions client of the LLM stages: the ``openai`` SDK, a shared 429 pause, key redaction.
+
+Install with ``pip install 'ko-sparse-etl[llm]'`` (the ``openai`` SDK); any OpenAI-compatible
+server works, since the SDK takes any ``base_url``. The SDK retries connection errors, timeouts,
+408, 409, 429 and 5xx up to ``llm.max_retries`` times with its exponential backoff (0.5 s doubling,
+at most 8 s, with jitter), honours ``Retry-After`` and pools connections; ``llm.timeout_s`` bounds
+each request. On top of it:
+
+* a 429 pauses every worker, not only the one that got it, for its ``Retry-After`` (capped at
+  :data:`MAX_RETRY_AFTER_S`) or ``llm.backoff_s * 2**attempt`` (capped at :data:`MAX_BACKOFF_S`);
+* a 2xx body that is not a chat completion (``malformed_response``) is asked again, up to
+  ``llm.max_retries`` times with that same backoff (the SDK would not retry it);
+* redirects are never followed, so the key is never sent to another host;
+* the key is replaced by ``[REDACTED]`` in everything the client returns.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .config import LLMConfig
+from .llm_prompt import LLMError
+
+MAX_BACKOFF_S = 60.0
+MAX_RETRY_AFTER_S = 300.0
+REDACTED = "[REDACTED]"
+DETAIL_CHARS = 300
+EXTRA_HINT = "pip install 'ko-sparse-etl[llm]' (or pip install 'openai>=1.40')"
+_NO_KEY = "ko-sparse-etl-no-key"  # the SDK insists on a key; the header is removed before sending
+
+
+class MalformedResponseError(ValueError):
+    """A 2xx body that is not a chat-completions response."""
+
+
+class MissingExtraError(LLMError):
+    """The ``openai`` SDK (extra ``llm``) is not installed."""
+
+
+def import_openai() -> Any:
+    """The ``openai`` module, or :class:`MissingExtraError` naming the extra to install."""
+    try:
+        import openai
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"the LLM stages (query method 'llm', the [judge]) need the openai SDK, which is not installed: "
+            f"{EXTRA_HINT}") from exc
+    return openai
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date); None when absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        secs = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        secs = (when - datetime.now(UTC)).total_seconds()
+    if secs != secs:  # NaN
+        return None
+    return min(max(secs, 0.0), MAX_RETRY_AFTER_S)
+
+
+def extract_content(raw: bytes) -> tuple[str, str | None, dict[str, int]]:
+    """(content, finish_reason, usage) of a chat-completions body; :class:`MalformedResponseError` otherwise.
+
+    ``content`` null (e.g. a reasoning model that spent ``max_tokens`` thinking) is returned as "".
+    """
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MalformedResponseError("body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise MalformedResponseError("body is not a JSON object")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        err = body.get("error")
+        raise MalformedResponseError("no choices" + (f" (error: {str(err)[:DETAIL_CHARS]})" if err else ""))
+    choice = choices[0]
+    message = choice.get("message")
+    if isinstance(message, dict):
+        content = message.get("content")
+    elif "text" in choice:  # completions-style servers
+        content = choice.get("text")
+    else:
+        raise MalformedResponseError("choice has no message")
+    if isinstance(content, list):  # content parts
+        content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        raise MalformedResponseError("message content is not text")
+    finish = choice.get("finish_reason")
+    usage_raw = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    usage = {k: int(v) for k, v in usage_raw.items()
+             if k in ("prompt_tokens", "completion_tokens") and isinstance(v, int) and not isinstance(v, bool)}
+    return content, finish if isinstance(finish, str) else None, usage
+
+
+@dataclass
+class CallResult:
+    """Outcome of one passage's call, after retries."""
+
+    status: str  # "ok" or the failure reason of the last attempt
+    content: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
+    detail: str = ""
+
+
+class ChatClient:
+    """Thread-safe chat-completions client over the ``openai`` SDK, with a shared 429 pause.
+
+    ``complete(prompt)`` never raises for HTTP problems: it returns a :class:`CallResult` whose
+    ``status`` is ``ok`` or the reason of the last failure (``http_error:<code>``, ``timeout``,
+    ``connection_error``, ``malformed_response``) and whose ``requests`` counts the HTTP requests
+    sent, the SDK's retries included.
+    """
+
+    def __init__(self, llm: LLMConfig, api_key: str | None):
+        openai = import_openai()
+        self.llm = llm
+        self.url = llm.base_url.rstrip("/") + "/chat/completions"
+        self._key = api_key
+        self._errors = openai
+        self._lock = threading.Lock()
+        self._pause_until = 0.0
+        self._local = threading.local()
+        self.stop = threading.Event()
+        http = openai.DefaultHttpxClient(
+            follow_redirects=False, timeout=llm.timeout_s,
+            event_hooks={"request": [self._before_request], "response": [self._after_response]})
+        self._sdk = openai.OpenAI(base_url=llm.base_url.rstrip("/"), api_key=api_key or _NO_KEY,
+                                  max_retries=llm.max_retries, timeout=llm.timeout_s, http_client=http,
+                                  default_headers={"User-Agent": "ko-sparse-etl"})
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._sdk.close()
+
+    def redact(self, text: str) -> str:
+        """``text`` with any occurrence of the API key replaced."""
+        if self._key and text and self._key in text:
+            return text.replace(self._key, REDACTED)
+        return text
+
+    # -- hooks run by the HTTP client for every request the SDK sends (its retries included) --
+
+    def _before_request(self, request: Any) -> None:
+        self._wait_pause()
+        self._local.requests = getattr(self._local, "requests", 0) + 1
+        if not self._key:
+            request.headers.pop("Authorization", None)
+
+    def _after_response(self, response: Any) -> None:
+        if response.status_code == 429:
+            delay = parse_retry_after(response.headers.get("Retry-After"))
+            self._pause_all(delay if delay is not None else self._backoff(self._local.requests - 1))
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self.llm.backoff_s * (2 ** attempt), MAX_BACKOFF_S)
+        return delay * (1.0 + random.uniform(0.0, 0.25))
+
+    def _wait_pause(self) -> None:
+        while not self.stop.is_set():
+            with self._lock:
+                left = self._pause_until - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(left)
+
+    def _pause_all(self, seconds: float) -> None:
+        with self._lock:
+            self._pause_until = max(self._pause_until, time.monotonic() + seconds)
+
+    def _once(self, prompt: str) -> CallResult:
+        """One SDK call (with the SDK's own retries) turned into a :class:`CallResult`."""
+        errors = self._errors
+        try:
+            raw = self._sdk.chat.completions.with_raw_response.create(
+                model=self.llm.model, messages=[{"role": "user", "content": prompt}],
+                temperature=self.llm.temperature, max_tokens=self.llm.max_tokens)
+            body = raw.http_response.content
+        except errors.APIStatusError as exc:
+            code = int(exc.status_code)
+            try:
+                snippet = exc.response.text[:DETAIL_CHARS]
+            except Exception:  # noqa: BLE001 - the body is only a hint for the error message
+                snippet = ""
+            return CallResult(f"http_error:{code}", detail=f"HTTP {code}: {snippet}".strip())
+        except errors.APITimeoutError:
+            return CallResult("timeout", detail=f"no answer within {self.llm.timeout_s}s")
+        except errors.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            return CallResult("connection_error", detail=f"{type(cause).__name__}: {cause}")
+        try:
+            content, finish, usage = extract_content(body)
+        except MalformedResponseError as exc:
+            return CallResult("malformed_response", detail=f"{exc}: {body[:120]!r}")
+        return CallResult("ok", content=content, finish_reason=finish, usage=usage)
+
+    def complete(self, prompt: str) -> CallResult:
+        """Send one chat completion for ``prompt``: the SDK retries transport failures, this loop malformed bodies."""
+        self._local.requests = 0
+        last = CallResult("cancelled")
+        for attempt in range(self.llm.max_retries + 1):
+            self._wait_pause()
+            if self.stop.is_set():
+                break
+            last = self._once(prompt)
+            if last.status != "malformed_response" or attempt == self.llm.max_retries:
+                break
+            if self.stop.wait(self._backoff(attempt)):
+                break
+        content = self.redact(last.content) if last.content is not None else None
+        return CallResult(last.status, content, last.finish_reason, last.usage, self._local.requests,
+                          self.redact(last.detail)[:DETAIL_CHARS])
