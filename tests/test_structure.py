@@ -193,7 +193,8 @@ def test_default_toml_states_every_default_of_the_dataclasses():
     assert set(data) - lists == set(defaults) - lists, "sections differ"
     for section, value in defaults.items():
         if section in lists:  # the bundled sample's sources: known keys only
-            item = {"sources": config_mod.SourceConfig, "query_files": config_mod.QueryFileConfig}[section]
+            item = {"sources": config_mod.SourceConfig, "query_files": config_mod.QueryFileConfig,
+                    "decontaminate": config_mod.DecontaminateConfig}[section]
             for table in data.get(section, []):
                 assert set(table) <= {f.name for f in dataclasses.fields(item)}, section
             continue
