@@ -28,7 +28,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from tqdm import tqdm
 from .config import PACKAGE_DIR, Config, LLMConfig
 from .llm import RowWriter
 from .llm_cache import ResponseCache
-from .llm_client import DETAIL_CHARS, CallResult, ChatClient
+from .llm_client import DETAIL_CHARS, CallResult, ChatClient, drive_requests
 from .llm_prompt import LLMError, passage_hash, resolve_api_key
 
 SCHEMA = pa.schema([
@@ -284,28 +284,11 @@ def write_judged_negatives(cfg: Config, con: Any, out: Path, cache_dir: Path, pr
     window = max(2, 4 * llm.max_concurrency)
     pool = ThreadPoolExecutor(max_workers=llm.max_concurrency, thread_name_prefix="judge")
     reader = con.sql(sql).to_arrow_reader(READ_BATCH_ROWS)
-    aborted = True
     try:
-        for batch in reader:
-            for pair in batch.to_pylist():
-                run.offer(pair, pool)
-                while len(run.in_flight) >= window:
-                    run.collect(wait(run.in_flight, return_when=FIRST_COMPLETED).done)
-        while run.in_flight:
-            run.collect(wait(run.in_flight, return_when=FIRST_COMPLETED).done)
-        aborted = False
+        drive_requests((pair for batch in reader for pair in batch.to_pylist()), run, pool, client, cache, window,
+                       on_abort=lambda: tmp.unlink(missing_ok=True))
     finally:
         reader.close()
-        if aborted:
-            client.stop.set()
-        pool.shutdown(wait=not aborted, cancel_futures=aborted)
-        if not aborted:
-            client.close()
-        cache.flush()
-        run.bar.close()
-        run.writer.close()
-        if aborted:
-            tmp.unlink(missing_ok=True)
 
     counts = run.counts
     if counts["pairs"] > 0 and counts["responses"] + counts["cache_hits"] == 0:

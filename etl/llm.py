@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from .llm_client import (
     CallResult,
     ChatClient,
     MalformedResponseError,
+    drive_requests,
     extract_content,
     parse_retry_after,
 )
@@ -297,27 +298,11 @@ def write_llm_questions(cfg: Config, con: Any, out: Path, cache_dir: Path, progr
     window = max(2, 4 * llm.max_concurrency)
     pool = ThreadPoolExecutor(max_workers=llm.max_concurrency, thread_name_prefix="llm")
     reader = con.sql(_sample_sql(cfg.run.seed, llm.sample_passages)).to_arrow_reader(READ_BATCH_ROWS)
-    aborted = True
     try:
-        for p in _iter_passages(reader):
-            run.offer(p, pool)
-            while len(run.in_flight) >= window:
-                run.collect(wait(run.in_flight, return_when=FIRST_COMPLETED).done)
-        while run.in_flight:
-            run.collect(wait(run.in_flight, return_when=FIRST_COMPLETED).done)
-        aborted = False
+        drive_requests(_iter_passages(reader), run, pool, client, cache, window,
+                       on_abort=lambda: unsorted.unlink(missing_ok=True))
     finally:
         reader.close()
-        if aborted:
-            client.stop.set()
-        pool.shutdown(wait=not aborted, cancel_futures=aborted)
-        if not aborted:
-            client.close()
-        cache.flush()
-        run.bar.close()
-        run.writer.close()
-        if aborted:
-            unsorted.unlink(missing_ok=True)
 
     counts, failures = run.counts, run.failures
     got_any = counts["responses"] + counts["cache_hits"] > 0

@@ -21,6 +21,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -232,3 +233,36 @@ class ChatClient:
         content = self.redact(last.content) if last.content is not None else None
         return CallResult(last.status, content, last.finish_reason, last.usage, self._local.requests,
                           self.redact(last.detail)[:DETAIL_CHARS])
+
+
+def drive_requests(items: Iterable[Any], run: Any, pool: Any, client: Any, cache: Any, window: int,
+                   on_abort: Callable[[], None]) -> None:
+    """Offer every item to ``run`` with at most ``window`` requests in flight and collect the answers.
+
+    ``run`` is a stage's state (``offer(item, pool)``, ``collect(done)``, ``in_flight``, ``bar``,
+    ``writer``); the question stage and the judge share this loop. On any error the client is
+    stopped, queued work is cancelled and ``on_abort()`` removes the partial output; in every case
+    the response cache is flushed and the run's progress bar and writer are closed.
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    aborted = True
+    try:
+        for item in items:
+            run.offer(item, pool)
+            while len(run.in_flight) >= window:
+                run.collect(wait(run.in_flight, return_when=FIRST_COMPLETED).done)
+        while run.in_flight:
+            run.collect(wait(run.in_flight, return_when=FIRST_COMPLETED).done)
+        aborted = False
+    finally:
+        if aborted:
+            client.stop.set()
+        pool.shutdown(wait=not aborted, cancel_futures=aborted)
+        if not aborted:
+            client.close()
+        cache.flush()
+        run.bar.close()
+        run.writer.close()
+        if aborted:
+            on_abort()
