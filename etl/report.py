@@ -197,7 +197,7 @@ def _samples_section(res: Result, scale: float) -> list[str]:
                      f"`{_cell(r['doc_id'])}`\n")
         cols = ["#", "role", "score", "teacher score", "e5 cosine", "passage_id"]
         table = [(j, role, score, ts, cos, pid) for j, (role, score, ts, cos, pid) in enumerate(
-            zip(r["roles"], r["scores"], r["teacher_scores"], r["teacher_sims"], r["passage_ids"], strict=True))]
+            zip(r["roles"], r["scores"], r["teacher_scores"], r["bi_scores"], r["passage_ids"], strict=True))]
         parts.append(md_table(cols, table))
         for j, (role, score, doc) in enumerate(zip(r["roles"], r["scores"], r["docs"], strict=True)):
             parts.append(f"**doc {j}** ({role}, score {_cell(score)} of {scale:g}):\n")

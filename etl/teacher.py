@@ -5,7 +5,7 @@ Which candidates: the positive, the first ``teacher.max_candidates`` usable hard
 
 Teachers (``teacher.kind``):
 
-* ``biencoder`` — the e5 cosine similarity already in ``candidates.teacher_sim`` (no model call).
+* ``biencoder`` — the e5 cosine similarity already in ``candidates.bi_score`` (no model call).
 * ``cross_encoder`` — a sentence-transformers ``CrossEncoder`` (local path or hub name) scores
   (query, doc) pairs; its default activation gives scores in [0, 1] for one-label rerankers.
 * ``ensemble`` — both, each min-max normalized over the query's scored candidates, then averaged:
@@ -46,11 +46,11 @@ RAW_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "teacher_score"] + [("rou
 # usable candidates; hard ones numbered by pick (the rank window first, then deeper ranks)
 SELECT_SQL = """
 WITH usable AS (
-    SELECT c.query_id, c.role, c.rank, c.passage_id, c.teacher_sim, row_number() OVER (
+    SELECT c.query_id, c.role, c.rank, c.passage_id, c.bi_score, row_number() OVER (
                PARTITION BY c.query_id, c.role ORDER BY c.rank > getvariable('top_k'), c.rank) AS pick
     FROM candidates c WHERE c.filter_reason IS NULL{short_filter}
 )
-SELECT u.query_id, u.role, u.rank, u.passage_id, u.teacher_sim AS bi_score{text_cols}
+SELECT u.query_id, u.role, u.rank, u.passage_id, u.bi_score{text_cols}
 FROM usable u
 {text_joins}
 WHERE {round_filter}

@@ -59,7 +59,7 @@ def test_every_record_has_one_positive_first_and_5_to_7_hard_negatives(sample_ru
         assert n_docs == n_scores == len(roles) == sample_cfg.docs_per_query == 8
 
 
-@pytest.mark.parametrize("column", ["teacher_sims", "teacher_scores"])
+@pytest.mark.parametrize("column", ["bi_scores", "teacher_scores"])
 def test_positive_above_hard_above_easy(sample_run, column):
     for qid, roles, sims in sample_run.q(f"SELECT query_id, roles, {column} FROM examples"):
         pos = [s for r, s in zip(roles, sims, strict=True) if r == "positive"]

@@ -8,7 +8,8 @@
 --   related   random passages of the positive's own k-means cluster, outside the rank window
 --   easy      random passages from other clusters, outside the rank window (examples.sql also
 --             keeps every related/easy pick below every hard pick, so none can repeat a deep hard pick)
--- teacher_sim = cosine similarity of the e5 query and passage embeddings.
+-- bi_score = cosine similarity of the e5 query and passage embeddings (the bi-encoder score; the
+-- teacher scores later, in teacher_scores, where kind = "biencoder" takes this very value).
 -- Cosines come from two functions the runner registers (etl/mine.py CosineUDFs):
 --   query_passage_cos(q_row, p_row), passage_passage_cos(p_row, p_row)
 -- over the exported embedding matrices (row = position in id order), so no embedding list is ever
@@ -33,8 +34,8 @@
 -- lookups within the query's row (a semi-join and a window over all draws ran out of memory at 1M docs).
 --
 -- @unique: query_id, role, rank
--- @not_null: query_id, passage_id, role, rank, teacher_sim
--- @check: isfinite(teacher_sim)
+-- @not_null: query_id, passage_id, role, rank, bi_score
+-- @check: isfinite(bi_score)
 WITH prow AS (  -- row of each passage in embeddings/document_embeddings.npy (exported in passage_id order)
     SELECT passage_id, row_number() OVER (ORDER BY passage_id) - 1 AS p_row FROM passage_embeddings
 ),
@@ -92,7 +93,7 @@ pos_rank AS (  -- 1 + passages of other documents scoring above the positive (ca
 ),
 pos AS (
     SELECT qx.query_id, qx.positive_passage_id AS passage_id, 'positive' AS role, 0 AS rank,
-           qx.pos_sim AS teacher_sim,
+           qx.pos_sim AS bi_score,
            CASE WHEN qx.query_contaminated THEN 'contaminated_query'
                 WHEN qx.pos_contaminated THEN 'contaminated_positive'
                 WHEN getvariable('positive_max_rank') > 0 AND qx.drop_low_rank
@@ -102,7 +103,7 @@ pos AS (
     FROM qx JOIN pos_rank r USING (query_id)
 ),
 hard AS (
-    SELECT n.query_id, n.passage_id, 'hard' AS role, n.rank, n.similarity AS teacher_sim,
+    SELECT n.query_id, n.passage_id, 'hard' AS role, n.rank, n.similarity AS bi_score,
         CASE
             WHEN n.passage_id = qx.positive_passage_id THEN 'is_positive'
             WHEN list_contains(qx.known_ids, n.passage_id) THEN 'known_positive'
@@ -155,7 +156,7 @@ related_raw AS (
 ),
 drawn AS (
     SELECT r.query_id, r.passage_id, r.role, r.rank,
-           query_passage_cos(r.q_row, r.p_row) AS teacher_sim,
+           query_passage_cos(r.q_row, r.p_row) AS bi_score,
            CASE
                WHEN r.passage_id = r.positive_passage_id THEN 'is_positive'
                WHEN list_contains(r.known_ids, r.passage_id) THEN 'known_positive'

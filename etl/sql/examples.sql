@@ -17,6 +17,8 @@
 -- Order: positive first, then by score descending (see README "Doc order").
 -- Split: by md5 of the positive document's normalized title, so all queries of a document, and
 -- of same-titled documents in other sources, fall in the same split.
+-- Audit columns (not exported): teacher_scores (the teacher's raw score) and bi_scores (the e5
+-- cosine), in slot order like scores.
 -- No texts here (a record's docs are its passage_ids): the export joins them per batch of
 -- records (sql/export_records.sql), so no step holds every record's texts at once.
 --
@@ -27,7 +29,7 @@
 -- @check: roles[1] = 'positive' AND list_count(list_filter(roles, lambda r: r = 'positive')) = 1
 -- @check: list_min(scores) >= 0 AND list_max(scores) <= getvariable('score_scale')
 WITH ok AS NOT MATERIALIZED (  -- re-read per use (a filtered scan) rather than holding every usable candidate
-    SELECT *, teacher_score AS teacher_sim FROM scored_candidates
+    SELECT * FROM scored_candidates
     -- filter 'judged_relevant': a negative the LLM judge says answers the query (etl/judge.py)
     ANTI JOIN (SELECT query_id, passage_id FROM judged_negatives WHERE verdict = 'relevant') USING (query_id, passage_id)
     WHERE filter_reason IS NULL
@@ -39,7 +41,7 @@ WITH ok AS NOT MATERIALIZED (  -- re-read per use (a filtered scan) rather than 
 pos AS (SELECT * FROM ok WHERE role = 'positive'),
 hard_ranked AS (  -- usable hard candidates in picking order (rank window first, then best score)
     SELECT *, row_number() OVER (PARTITION BY query_id
-                                 ORDER BY rank > getvariable('top_k'), teacher_sim DESC, passage_id) AS pick_no,
+                                 ORDER BY rank > getvariable('top_k'), teacher_score DESC, passage_id) AS pick_no,
            count(*) FILTER (WHERE rank <= getvariable('top_k')) OVER (PARTITION BY query_id) AS n_window
     FROM ok WHERE role = 'hard'
 ),
@@ -53,7 +55,7 @@ hard_pick AS (  -- negatives.sampling: top = the first n_hard; spread = n_hard e
                ELSE pick_no <= getvariable('n_hard') END
 ),
 hard_stats AS (
-    SELECT query_id, count(*) AS n_hard, min(teacher_sim) AS min_hard, count_if(rank > getvariable('top_k')) AS n_deep
+    SELECT query_id, count(*) AS n_hard, min(teacher_score) AS min_hard, count_if(rank > getvariable('top_k')) AS n_deep
     FROM hard_pick GROUP BY query_id
 ),
 related_pick AS (  -- below every hard pick first; then any other usable draw, so a query is never lost to
@@ -61,14 +63,14 @@ related_pick AS (  -- below every hard pick first; then any other usable draw, s
     SELECT ok.* FROM ok JOIN hard_stats h USING (query_id)
     WHERE ok.role = 'related' AND ok.passage_id NOT IN (SELECT passage_id FROM hard_pick x WHERE x.query_id = ok.query_id)
     QUALIFY row_number() OVER (PARTITION BY query_id
-                               ORDER BY ok.teacher_sim >= h.min_hard, teacher_sim DESC, passage_id) <= getvariable('n_related')
+                               ORDER BY ok.teacher_score >= h.min_hard, teacher_score DESC, passage_id) <= getvariable('n_related')
 ),
 easy_pick AS (  -- the first usable random draws below every hard pick, then (only if too few) the other usable draws
     SELECT ok.* FROM ok JOIN hard_stats h USING (query_id)
     WHERE ok.role = 'easy'
       AND ok.passage_id NOT IN (SELECT passage_id FROM hard_pick x WHERE x.query_id = ok.query_id)
       AND ok.passage_id NOT IN (SELECT passage_id FROM related_pick x WHERE x.query_id = ok.query_id)
-    QUALIFY row_number() OVER (PARTITION BY query_id ORDER BY ok.teacher_sim >= h.min_hard, rank) <= getvariable('n_easy')
+    QUALIFY row_number() OVER (PARTITION BY query_id ORDER BY ok.teacher_score >= h.min_hard, rank) <= getvariable('n_easy')
 ),
 picked AS (
     SELECT * FROM pos
@@ -84,9 +86,9 @@ complete AS (
        AND count_if(role = 'easy') = getvariable('n_easy')
 ),
 scored AS (  -- narrow rows (no text): record-level min-max score and the doc's slot in the record
-    SELECT p.query_id, p.passage_id, p.role, p.teacher_sim, p.bi_score,
-           round(getvariable('score_scale') * (p.teacher_sim - min(p.teacher_sim) OVER w)
-                 / nullif(max(p.teacher_sim) OVER w - min(p.teacher_sim) OVER w, 0),
+    SELECT p.query_id, p.passage_id, p.role, p.teacher_score, p.bi_score,
+           round(getvariable('score_scale') * (p.teacher_score - min(p.teacher_score) OVER w)
+                 / nullif(max(p.teacher_score) OVER w - min(p.teacher_score) OVER w, 0),
                  getvariable('score_decimals')) AS score,
            CASE p.role WHEN 'positive' THEN 0 WHEN 'hard' THEN 1 WHEN 'related' THEN 2 ELSE 3 END AS role_order
     FROM picked p
@@ -102,7 +104,7 @@ slots AS (  -- one narrow list per record, put in slot order by list_sort (struc
     -- first field, the unique slot); texts are joined at export, per batch (sql/export_records.sql)
     SELECT query_id,
            list_sort(list({'slot': slot, 'score': score, 'role': role, 'passage_id': passage_id,
-                           'teacher_score': round(teacher_sim, 6), 'teacher_sim': round(bi_score, 6)})) AS items
+                           'teacher_score': round(teacher_score, 6), 'bi_score': round(bi_score, 6)})) AS items
     FROM slotted
     GROUP BY query_id
 )
@@ -113,7 +115,7 @@ SELECT s.query_id, q.query, q.method, q.source, q.doc_id,
        list_transform(s.items, lambda x: x.role) AS roles,
        list_transform(s.items, lambda x: x.passage_id) AS passage_ids,
        list_transform(s.items, lambda x: x.teacher_score) AS teacher_scores,
-       list_transform(s.items, lambda x: x.teacher_sim) AS teacher_sims,
+       list_transform(s.items, lambda x: x.bi_score) AS bi_scores,
        h.n_deep AS deep_hard_negatives
 FROM slots s
 JOIN hard_stats h USING (query_id)

@@ -21,7 +21,7 @@ texts AS (
     GROUP BY s.query_id
 )
 SELECT query_id, query, method, source, doc_id, split, t.docs, scores, roles, passage_ids,
-       teacher_scores, teacher_sims
+       teacher_scores, bi_scores
 FROM picked
 JOIN texts t USING (query_id)
 ORDER BY pick, method

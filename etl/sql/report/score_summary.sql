@@ -1,9 +1,9 @@
 -- Exported scores by role (positive / hard / related / easy): the per-record min-max normalized
--- teacher score x scoring.scale, the teacher's raw score, and the e5 cosine (teacher_sims).
+-- teacher score x scoring.scale, the teacher's raw score, and the e5 cosine (bi_scores).
 -- Columns: role, n, min/p25/median/p75/max/avg score, avg_teacher_score, avg_cosine.
 WITH flat AS (
     SELECT unnest(roles) AS role, unnest(scores) AS score, unnest(teacher_scores) AS teacher_score,
-           unnest(teacher_sims) AS cosine
+           unnest(bi_scores) AS cosine
     FROM examples
 )
 SELECT role, count(*) AS n,

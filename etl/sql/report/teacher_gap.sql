@@ -1,9 +1,9 @@
 -- Teacher-score gap between each record's positive and its negatives, by negative role:
 -- gap = positive's teacher score - negative's teacher score (teacher_scores), and the same in the
--- e5 cosine (teacher_sims). A gap near 0 is a negative the teacher finds as relevant as the
+-- e5 cosine (bi_scores). A gap near 0 is a negative the teacher finds as relevant as the
 -- positive: a likely false negative. Columns: role, n, min/p10/median/avg gap, min/avg cosine gap.
 WITH flat AS (
-    SELECT query_id, unnest(roles) AS role, unnest(teacher_scores) AS ts, unnest(teacher_sims) AS cos
+    SELECT query_id, unnest(roles) AS role, unnest(teacher_scores) AS ts, unnest(bi_scores) AS cos
     FROM examples
 ),
 pos AS (SELECT query_id, ts AS pos_ts, cos AS pos_cos FROM flat WHERE role = 'positive'),

@@ -1,6 +1,6 @@
--- Score and teacher similarity distribution by role (positive / hard / related / easy).
+-- Score, e5 cosine (bi_scores) and teacher score distribution by role (positive / hard / related / easy).
 WITH flat AS (
-    SELECT unnest(roles) AS role, unnest(scores) AS score, unnest(teacher_sims) AS sim, unnest(teacher_scores) AS teacher FROM examples
+    SELECT unnest(roles) AS role, unnest(scores) AS score, unnest(bi_scores) AS sim, unnest(teacher_scores) AS teacher FROM examples
 )
 SELECT role, count(*) AS n,
        round(min(score), 3) AS min_score, round(avg(score), 3) AS avg_score, round(max(score), 3) AS max_score,
