@@ -14,7 +14,7 @@ document (``{"query", "doc_id", "answer"}``). The pipeline runs twice with these
 For the query-file records it then reports, side by side: the share of hard negatives whose text
 contains the answer string (a passage that states the answer is a false negative when it is from
 the positive's own document, and a likely one otherwise), how many of those come from the
-positive's own document, and the mean teacher similarity (teacher_sims: the e5 bi-encoder cosine)
+positive's own document, and the mean e5 cosine (bi_scores, the bi-encoder score)
 of the hard negatives. Both runs share one warehouse, so passages are embedded once (the cache is
 keyed by model and text hash); with ``--seed-cache`` the repository's own embedding cache is copied
 in first, and each run then takes seconds.
@@ -103,7 +103,7 @@ def snapshot(warehouse: Path, answers: dict[str, dict[str, str]]) -> list[dict[s
         rows = con.execute("""
             WITH flat AS (
                 SELECT query_id, query, doc_id, unnest(roles) AS role, unnest(passage_ids) AS passage_id,
-                       unnest(teacher_sims) AS sim, unnest(generate_series(1, len(roles))) AS pos
+                       unnest(bi_scores) AS sim, unnest(generate_series(1, len(roles))) AS pos
                 FROM examples WHERE method = 'query_file'
             )
             SELECT f.query_id, f.query, f.doc_id, f.role, f.passage_id, f.sim, f.pos, p.doc_id AS neg_doc, p.text,
@@ -153,8 +153,8 @@ ROWS = [
     ("  answer-containing negatives", "answer_negatives", "{:,}"),
     ("  ... from the positive's document", "answer_same_doc", "{:,}"),
     ("share from the positive's document", "same_doc_share", "{:.1%}"),
-    ("mean teacher sim (e5 cosine)", "mean_sim", "{:.4f}"),
-    ("mean teacher sim, answer-containing", "mean_sim_answer", "{:.4f}"),
+    ("mean e5 cosine", "mean_sim", "{:.4f}"),
+    ("mean e5 cosine, answer-containing", "mean_sim_answer", "{:.4f}"),
     ("mean cosine gap to the positive", "mean_gap_to_positive", "{:.4f}"),
 ]
 

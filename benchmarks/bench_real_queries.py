@@ -23,8 +23,8 @@ link to one shared ``<work>/<set>/embedding_cache``: passages are embedded once 
 re-run skips every stage whose fingerprint is unchanged. After each run the script reads the
 warehouse layers (duckdb over ``layers/*.parquet``) and the export's ``metadata.json`` and reports,
 side by side per variant: questions in, records out, share kept, queries dropped by reason (plus
-rejected question lines), false negatives among the picked hard negatives, mean teacher similarity
-(``examples.teacher_sims``, the bi-encoder cosine) of the picked hard negatives, and the same for a
+rejected question lines), false negatives among the picked hard negatives, mean e5 cosine
+(``examples.bi_scores``, the bi-encoder cosine) of the picked hard negatives, and the same for a
 naive top-k baseline: for every query with a positive, its top ``negatives.hard`` neighbours
 (layer ``neighbours``) excluding only the positive passage.
 
@@ -274,7 +274,7 @@ def read_run(warehouse: Path, n_hard: int) -> dict[str, Any]:
         records: dict[str, list[tuple[str, str, float]]] = {}
         if "examples" in tables:
             for qid, roles, pids, sims in con.execute(
-                    "SELECT query_id, roles, passage_ids, teacher_sims FROM examples").fetchall():
+                    "SELECT query_id, roles, passage_ids, bi_scores FROM examples").fetchall():
                 records[qid] = list(zip(roles, pids, [float(s) for s in sims], strict=True))
         baseline: dict[str, list[tuple[str, float]]] = {}
         if "neighbours" in tables:
@@ -394,13 +394,13 @@ def report_rows(set_name: str, m: dict[str, Any]) -> list[tuple[str, str]]:
                           ("naive top-k, kept queries", "naive_kept_", "naive kept")):
         # labels must be unique across blocks: the table is keyed by label
         rows += [(title, f"{m[p + 'n']:,}"),
-                 (f"  {tag}: mean {'teacher sim' if p == 'hard_' else 'cosine'}", f(m[p + "mean_sim"])),
+                 (f"  {tag}: mean {'e5 cosine' if p == 'hard_' else 'cosine'}", f(m[p + "mean_sim"])),
                  (f"  {tag}: FN {gold_label}", _pct(m[p + gold_key], m[p + gold_key + "_share"])),
                  (f"  {tag}: from the positive's document", _pct(m[p + "same_doc"], m[p + "same_doc_share"]))]
         if set_name == "autorag":
             rows.append((f"  {tag}: from a gold page's PDF", _pct(m[p + "same_file"], m[p + "same_file_share"])))
         if p == "hard_":
-            rows.append(("  mean positive teacher sim", f(m["mean_positive_sim"])))
+            rows.append(("  mean positive e5 cosine", f(m["mean_positive_sim"])))
             rows.append((f"related+easy negatives: FN {gold_label}",
                          _pct(m["other_" + gold_key], m["other_" + gold_key + "_share"])))
     labels = [label for label, _ in rows]
