@@ -28,7 +28,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from tqdm import tqdm
 from .config import PACKAGE_DIR, Config, LLMConfig
 from .llm import RowWriter
 from .llm_cache import ResponseCache
-from .llm_client import DETAIL_CHARS, CallResult, ChatClient, drive_requests
+from .llm_client import DETAIL_CHARS, CachedCallRun, ChatClient, drive_requests
 from .llm_prompt import LLMError, passage_hash, resolve_api_key
 
 SCHEMA = pa.schema([
@@ -170,27 +170,16 @@ def write_empty(out: Path) -> None:
     pq.write_table(SCHEMA.empty_table(), out)
 
 
-@dataclass
-class _JudgeRun:
-    """The state of one execution of the stage."""
+@dataclass(kw_only=True)
+class _JudgeRun(CachedCallRun):
+    """The state of one execution of the stage (the shared call handling is :class:`CachedCallRun`)."""
 
     model: str
     phash: str
     template: str
-    client: ChatClient
-    cache: ResponseCache
-    writer: RowWriter
-    bar: Any
-    counts: Counter[str] = field(default_factory=Counter)
     verdicts: Counter[str] = field(default_factory=Counter)
-    failures: Counter[str] = field(default_factory=Counter)
-    examples: dict[str, str] = field(default_factory=dict)
-    in_flight: dict[Future[CallResult], str] = field(default_factory=dict)
-    waiting: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    consecutive_failures: int = 0
-    breaker: int = 8
 
-    def emit(self, pair: dict[str, Any], content: str | None, failure: str | None) -> None:
+    def emit(self, pair: dict[str, Any], content: str | None, finish: str | None, failure: str | None) -> None:
         """Write the verdict row of one pair."""
         verdict, reason = (None, "") if content is None else parse_verdict(content)
         if failure is None and verdict is None:
@@ -206,46 +195,8 @@ class _JudgeRun:
     def offer(self, pair: dict[str, Any], pool: ThreadPoolExecutor) -> None:
         """Answer a pair from the cache, join an identical pair in flight, or submit a call."""
         self.counts["pairs"] += 1
-        key = pair_key(pair["query"], pair["title"], pair["text"])
-        hit = self.cache.get(key)
-        if hit is not None:
-            self.counts["cache_hits"] += 1
-            self.emit(pair, hit[0], None)
-            self.bar.update(1)
-            return
-        if key in self.waiting:
-            self.waiting[key].append(pair)
-            return
-        self.waiting[key] = [pair]
-        prompt = render_prompt(self.template, pair["query"], pair["title"], pair["text"])
-        self.in_flight[pool.submit(self.client.complete, prompt)] = key
-
-    def collect(self, done: set[Future[CallResult]]) -> None:
-        """Record finished calls; stop with :class:`LLMError` after ``breaker`` failures and no answer yet."""
-        for fut in done:
-            key = self.in_flight.pop(fut)
-            res = fut.result()
-            self.counts["calls_made"] += res.requests
-            self.counts["retries"] += max(res.requests - 1, 0)
-            pairs = self.waiting.pop(key)
-            if res.status == "ok":
-                assert res.content is not None
-                self.counts["responses"] += 1
-                self.counts["prompt_tokens"] += res.usage.get("prompt_tokens", 0)
-                self.counts["completion_tokens"] += res.usage.get("completion_tokens", 0)
-                self.consecutive_failures = 0
-                self.cache.put(key, res.content, res.finish_reason, res.usage)
-                self.counts["cache_hits"] += len(pairs) - 1
-                for pair in pairs:
-                    self.emit(pair, res.content, None)
-            else:
-                self.consecutive_failures += 1
-                self.examples.setdefault(res.status, res.detail)
-                for pair in pairs:
-                    self.emit(pair, None, res.status)
-            self.bar.update(len(pairs))
-        if self.consecutive_failures >= self.breaker and self.counts["responses"] + self.counts["cache_hits"] == 0:
-            raise LLMError(self.nothing_worked(self.consecutive_failures))
+        self.submit(pair, pair_key(pair["query"], pair["title"], pair["text"]),
+                    lambda: render_prompt(self.template, pair["query"], pair["title"], pair["text"]), pool)
 
     def nothing_worked(self, n: int) -> str:
         """The error of a run in which no judgement came back."""
@@ -277,8 +228,9 @@ def write_judged_negatives(cfg: Config, con: Any, out: Path, cache_dir: Path, pr
     n_pairs = int(con.sql(f"SELECT count(*) FROM ({sql})").fetchall()[0][0])
     tmp = out.with_name(f".{out.name}.unsorted")
     tmp.unlink(missing_ok=True)
-    run = _JudgeRun(llm.model, phash, template, client, cache, RowWriter(tmp, SCHEMA),
-                    tqdm(total=n_pairs, desc="judged_negatives", unit="pair", disable=not progress),
+    run = _JudgeRun(model=llm.model, phash=phash, template=template, client=client, cache=cache,
+                    writer=RowWriter(tmp, SCHEMA),
+                    bar=tqdm(total=n_pairs, desc="judged_negatives", unit="pair", disable=not progress),
                     breaker=max(8, 2 * llm.max_concurrency))
     run.counts["pairs"] = 0
     window = max(2, 4 * llm.max_concurrency)

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ from .llm_client import (
     MAX_BACKOFF_S,
     MAX_RETRY_AFTER_S,
     REDACTED,
+    CachedCallRun,
     CallResult,
     ChatClient,
     MalformedResponseError,
@@ -171,29 +172,14 @@ def _iter_passages(reader: Any) -> Iterator[dict[str, Any]]:
 
 
 
-@dataclass
-class _QuestionRun:
-    """The state of one execution of the stage: the writer, the counters and the passages in flight."""
+@dataclass(kw_only=True)
+class _QuestionRun(CachedCallRun):
+    """The state of one execution of the stage (the shared call handling is :class:`CachedCallRun`)."""
 
     llm: LLMConfig
     phash: str
     template: str
-    client: ChatClient
-    cache: ResponseCache
-    writer: RowWriter
-    bar: Any
-    counts: Counter[str] = field(default_factory=Counter)
-    failures: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
-    examples: dict[str, str] = field(default_factory=dict)
-    in_flight: dict[Future[CallResult], str] = field(default_factory=dict)
-    waiting: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    consecutive_failures: int = 0
-
-    @property
-    def breaker(self) -> int:
-        """How many failed passages in a row, with no answer at all yet, stop the run."""
-        return max(8, 2 * self.llm.max_concurrency)
 
     def emit(self, p: dict[str, Any], content: str | None, finish: str | None, failure: str | None) -> None:
         """Write the rows of one passage: its judged questions, or one failure row."""
@@ -224,47 +210,17 @@ class _QuestionRun:
     def offer(self, p: dict[str, Any], pool: ThreadPoolExecutor) -> None:
         """Answer a passage from the cache, join an identical passage in flight, or submit a call."""
         self.counts["passages"] += 1
-        key = passage_hash(p["title"], p["text"])
-        hit = self.cache.get(key)
-        if hit is not None:
-            self.counts["cache_hits"] += 1
-            self.emit(p, hit[0], hit[1], None)
-            self.bar.update(1)
-            return
-        if key in self.waiting:
-            self.waiting[key].append(p)
-            return
-        self.waiting[key] = [p]
-        prompt = render_prompt(self.template, p["title"], p["text"], self.llm.questions_per_passage)
-        self.in_flight[pool.submit(self.client.complete, prompt)] = key
+        self.submit(p, passage_hash(p["title"], p["text"]),
+                    lambda: render_prompt(self.template, p["title"], p["text"], self.llm.questions_per_passage),
+                    pool)
 
-    def collect(self, done: set[Future[CallResult]]) -> None:
-        """Record finished calls; raise :class:`LLMError` when only failures came so far, past the breaker."""
-        for fut in done:
-            key = self.in_flight.pop(fut)
-            res = fut.result()
-            self.counts["calls_made"] += res.requests
-            self.counts["retries"] += max(res.requests - 1, 0)
-            passages = self.waiting.pop(key)
-            if res.status == "ok":
-                assert res.content is not None
-                self.counts["responses"] += 1
-                self.consecutive_failures = 0
-                self.cache.put(key, res.content, res.finish_reason, res.usage)
-                self.counts["cache_hits"] += len(passages) - 1  # identical passages share one answer
-                for p in passages:
-                    self.emit(p, res.content, res.finish_reason, None)
-            else:
-                self.consecutive_failures += 1
-                self.examples.setdefault(res.status, res.detail)
-                for p in passages:
-                    self.emit(p, None, None, res.status)
-            self.bar.update(len(passages))
-            self.bar.set_postfix(ok=self.counts["ok_questions"], failed=sum(self.failures.values()), refresh=False)
-        if (self.consecutive_failures >= self.breaker and self.counts["responses"] == 0
-                and self.counts["cache_hits"] == 0):
-            raise LLMError(_nothing_worked(self.client, self.llm, self.consecutive_failures, self.failures,
-                                           self.examples))
+    def after_collect(self) -> None:
+        """Show the running question and failure counts on the progress bar."""
+        self.bar.set_postfix(ok=self.counts["ok_questions"], failed=sum(self.failures.values()), refresh=False)
+
+    def nothing_worked(self, n: int) -> str:
+        """The error of a run in which no answer came back for ``n`` passages."""
+        return _nothing_worked(self.client, self.llm, n, self.failures, self.examples)
 
 
 def write_llm_questions(cfg: Config, con: Any, out: Path, cache_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -292,8 +248,10 @@ def write_llm_questions(cfg: Config, con: Any, out: Path, cache_dir: Path, progr
 
     unsorted = out.with_name(f".{out.name}.unsorted")
     unsorted.unlink(missing_ok=True)
-    run = _QuestionRun(llm, phash, template, client, cache, RowWriter(unsorted),
-                       tqdm(total=n_sample, desc="llm_questions", unit="passage", disable=not progress))
+    run = _QuestionRun(llm=llm, phash=phash, template=template, client=client, cache=cache,
+                       writer=RowWriter(unsorted),
+                       bar=tqdm(total=n_sample, desc="llm_questions", unit="passage", disable=not progress),
+                       breaker=max(8, 2 * llm.max_concurrency))
     run.counts["passages"] = 0
     window = max(2, 4 * llm.max_concurrency)
     pool = ThreadPoolExecutor(max_workers=llm.max_concurrency, thread_name_prefix="llm")
@@ -308,7 +266,7 @@ def write_llm_questions(cfg: Config, con: Any, out: Path, cache_dir: Path, progr
     got_any = counts["responses"] + counts["cache_hits"] > 0
     if counts["passages"] > 0 and not got_any:
         unsorted.unlink(missing_ok=True)
-        raise LLMError(_nothing_worked(client, llm, counts["passages"], failures, run.examples))
+        raise LLMError(run.nothing_worked(counts["passages"]))
     _sort_into(unsorted, out)
     unsorted.unlink(missing_ok=True)
 

@@ -21,7 +21,9 @@ import json
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -233,6 +235,85 @@ class ChatClient:
         content = self.redact(last.content) if last.content is not None else None
         return CallResult(last.status, content, last.finish_reason, last.usage, self._local.requests,
                           self.redact(last.detail)[:DETAIL_CHARS])
+
+
+@dataclass
+class CachedCallRun:
+    """What the LLM question stage and the judge share: cached, de-duplicated, bounded chat calls.
+
+    Each item (a passage, a (query, passage) pair) has a cache key: a cached answer is used at
+    once, an item whose key is already in flight waits for that call, anything else is submitted.
+    Finished calls are cached and every waiting item is handed to :meth:`emit` (the stage's own
+    rows). After ``breaker`` failed calls in a row with no answer at all yet, :meth:`collect`
+    raises :class:`LLMError` with :meth:`nothing_worked`. Counts: ``cache_hits``, ``calls_made``,
+    ``retries``, ``responses``, ``prompt_tokens``, ``completion_tokens``.
+    """
+
+    client: ChatClient
+    cache: Any
+    writer: Any
+    bar: Any
+    breaker: int = 8
+    counts: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+    in_flight: dict[Future[CallResult], str] = field(default_factory=dict)
+    waiting: dict[str, list[Any]] = field(default_factory=dict)
+    consecutive_failures: int = 0
+
+    def emit(self, item: Any, content: str | None, finish: str | None, failure: str | None) -> None:
+        """Write the rows of one item: from its answer (``content``), or for its ``failure``."""
+        raise NotImplementedError
+
+    def nothing_worked(self, n: int) -> str:
+        """The error of a run in which ``n`` calls failed and no answer came back."""
+        raise NotImplementedError
+
+    def after_collect(self) -> None:
+        """Called after each finished call has been emitted (e.g. to update the progress bar's postfix)."""
+
+    def submit(self, item: Any, key: str, prompt: Callable[[], str], pool: Any) -> None:
+        """Answer ``item`` from the cache, join an identical item in flight, or submit ``prompt()``."""
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.counts["cache_hits"] += 1
+            self.emit(item, hit[0], hit[1], None)
+            self.bar.update(1)
+            return
+        if key in self.waiting:
+            self.waiting[key].append(item)
+            return
+        self.waiting[key] = [item]
+        self.in_flight[pool.submit(self.client.complete, prompt())] = key
+
+    def collect(self, done: Iterable[Future[CallResult]]) -> None:
+        """Record finished calls; raise :class:`LLMError` when only failures came so far, past the breaker."""
+        for fut in done:
+            key = self.in_flight.pop(fut)
+            res = fut.result()
+            self.counts["calls_made"] += res.requests
+            self.counts["retries"] += max(res.requests - 1, 0)
+            items = self.waiting.pop(key)
+            if res.status == "ok":
+                assert res.content is not None
+                self.counts["responses"] += 1
+                self.counts["prompt_tokens"] += res.usage.get("prompt_tokens", 0)
+                self.counts["completion_tokens"] += res.usage.get("completion_tokens", 0)
+                self.consecutive_failures = 0
+                self.cache.put(key, res.content, res.finish_reason, res.usage)
+                self.counts["cache_hits"] += len(items) - 1  # identical items share one answer
+                for item in items:
+                    self.emit(item, res.content, res.finish_reason, None)
+            else:
+                self.consecutive_failures += 1
+                self.examples.setdefault(res.status, res.detail)
+                for item in items:
+                    self.emit(item, None, None, res.status)
+            self.bar.update(len(items))
+            self.after_collect()
+        if (self.consecutive_failures >= self.breaker and self.counts["responses"] == 0
+                and self.counts["cache_hits"] == 0):
+            raise LLMError(self.nothing_worked(self.consecutive_failures))
 
 
 def drive_requests(items: Iterable[Any], run: Any, pool: Any, client: Any, cache: Any, window: int,
