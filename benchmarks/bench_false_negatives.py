@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _p in (REPO, REPO / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from common import copy_missing_files  # noqa: E402
 
 DEFAULT_QUERIES = REPO / "benchmarks" / "data" / "labelled_queries.jsonl"
 NO_FILTERS = ["filters.exclude_same_document=false", "filters.relative_margin=0",
@@ -66,16 +68,7 @@ def make_config(work: Path, export: str, queries: Path, methods: list[str], extr
 def seed_cache(work: Path, source_warehouse: Path, log=print) -> int:
     """Copy the embedding cache files of ``source_warehouse`` into the benchmark warehouse."""
     src = source_warehouse / "cache" / "embeddings"
-    dst = work / "wh" / "cache" / "embeddings"
-    copied = 0
-    if not src.is_dir():
-        return 0
-    for f in sorted(src.rglob("*.parquet")):
-        target = dst / f.relative_to(src)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f, target)
-            copied += 1
+    copied = copy_missing_files(src, work / "wh" / "cache" / "embeddings", "*.parquet")
     if copied:
         log(f"seeded {copied} embedding cache file(s) from {src}")
     return copied

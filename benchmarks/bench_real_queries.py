@@ -56,7 +56,7 @@ REPO = BENCH_DIR.parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import load, machine, save_json  # noqa: E402
+from common import copy_missing_files, load, machine, save_json  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 AUTORAG_DIR = SHARED_DATA / "autorag"
@@ -193,29 +193,14 @@ def link_cache(set_dir: Path, warehouse: Path) -> None:
             return
         link.unlink()
     elif link.is_dir():  # a real cache from an earlier run: merge it into the shared one
-        for f in link.rglob("*"):
-            target = shared / f.relative_to(link)
-            if f.is_file() and not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f, target)
+        copy_missing_files(link, shared)
         shutil.rmtree(link)
     link.symlink_to(shared.resolve(), target_is_directory=True)
 
 
 def seed_cache(set_dir: Path, source_warehouse: Path) -> int:
     """Copy ``<source_warehouse>/cache/embeddings`` files missing from the set's shared cache."""
-    src = source_warehouse / "cache" / "embeddings"
-    dst = set_dir / "embedding_cache"
-    copied = 0
-    if not src.is_dir():
-        return 0
-    for f in sorted(src.rglob("*.parquet")):
-        target = dst / f.relative_to(src)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f, target)
-            copied += 1
-    return copied
+    return copy_missing_files(source_warehouse / "cache" / "embeddings", set_dir / "embedding_cache", "*.parquet")
 
 
 def run_variant(set_dir: Path, variant: str, overrides: list[str], log_file: Path) -> dict[str, Any]:

@@ -152,3 +152,21 @@ def ensure_corpus(out: Path, docs: int, files: int, seed: int = 0, log=print) ->
 def dir_size(path: Path) -> int:
     """Bytes under a directory."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def copy_missing_files(src: Path, dst: Path, pattern: str = "*") -> int:
+    """Copy the files under ``src`` matching ``pattern`` that ``dst`` lacks (same relative paths); return how many.
+
+    Used to seed a benchmark's embedding cache from another warehouse's (the cache files are
+    immutable and named by content, so an existing file is never overwritten).
+    """
+    if not src.is_dir():
+        return 0
+    copied = 0
+    for f in sorted(src.rglob(pattern)):
+        target = dst / f.relative_to(src)
+        if f.is_file() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
+            copied += 1
+    return copied
