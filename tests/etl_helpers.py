@@ -288,6 +288,23 @@ def kill9(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
+def kill_stage_after_first_cache_file(dirs: RunDirs, stage: str, cache_dir: Path, log_path: Path) -> str:
+    """Run the CLI up to ``stage``, ``kill -9`` it once ``cache_dir`` holds a part file; return its log.
+
+    Asserts that the cache file appeared and that the kill came before the stage finished (no state
+    file yet), so what the cache holds was written by the time-based flush of an interrupted stage.
+    """
+    proc = start_cli(["run", "--config", str(dirs.config), "--until", stage], log_path)
+    try:
+        reached = wait_for(lambda: any(cache_dir.glob("part-*.parquet")), proc, timeout=600)
+    finally:
+        kill9(proc)
+    log = log_path.read_text(encoding="utf-8", errors="replace")
+    assert reached, log
+    assert not (dirs.warehouse / "state" / f"{stage}.json").exists(), f"the kill came after the stage finished:\n{log}"
+    return log
+
+
 # ---- the tiny sentence-transformers model --------------------------------------------------------
 
 def build_tiny_model(out_dir: Path) -> Path:
