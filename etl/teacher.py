@@ -307,9 +307,7 @@ def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True
             n_short = int(con.execute("SELECT count(*) FROM teacher_short").fetchall()[0][0])
             if n_short == 0:
                 break
-            if round_no > 1:
-                counts["deepened_queries"] = max(counts["deepened_queries"], n_short)
-            else:
+            if round_no == 1:  # the queries short after round 1 are the ones scored deeper (the set only shrinks)
                 counts["deepened_queries"] = n_short
             round_no += 1
         target = str(out).replace("'", "''")
