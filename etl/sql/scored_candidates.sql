@@ -49,16 +49,11 @@ margins AS (
 ),
 ordered AS (  -- each query's negatives that pass the margins, in picking order, as one list
     SELECT m.query_id,
-           list({'role': m.role, 'rank': m.rank} ORDER BY
+           list({'role': m.role, 'rank': m.rank, 'p_row': r.p_row} ORDER BY
                 CASE m.role WHEN 'hard' THEN 0 WHEN 'related' THEN 1 ELSE 2 END,
                 CASE WHEN m.role = 'hard' THEN m.rank > getvariable('top_k') END,
                 CASE WHEN m.role <> 'easy' THEN -m.teacher_score END,
-                CASE WHEN m.role <> 'easy' THEN m.passage_id END, m.rank) AS keys,
-           list(r.p_row ORDER BY
-                CASE m.role WHEN 'hard' THEN 0 WHEN 'related' THEN 1 ELSE 2 END,
-                CASE WHEN m.role = 'hard' THEN m.rank > getvariable('top_k') END,
-                CASE WHEN m.role <> 'easy' THEN -m.teacher_score END,
-                CASE WHEN m.role <> 'easy' THEN m.passage_id END, m.rank) AS p_rows
+                CASE WHEN m.role <> 'easy' THEN m.passage_id END, m.rank) AS items
     FROM margins m
     JOIN prow r USING (passage_id)
     WHERE m.role <> 'positive' AND m.margin_reason IS NULL
@@ -66,9 +61,11 @@ ordered AS (  -- each query's negatives that pass the margins, in picking order,
 ),
 dups AS (
     SELECT query_id, k.role, k.rank
-    FROM (SELECT query_id, unnest(keys) AS k, unnest(near_duplicate_of_earlier(p_rows, getvariable('near_duplicate_cosine'))) AS dup
+    FROM (SELECT query_id, unnest(items) AS k,
+                 unnest(near_duplicate_of_earlier(list_transform(items, lambda x: x.p_row),
+                                                  getvariable('near_duplicate_cosine'))) AS dup
           FROM ordered
-          WHERE getvariable('near_duplicate_cosine') < 1 AND len(p_rows) > 1)
+          WHERE getvariable('near_duplicate_cosine') < 1 AND len(items) > 1)
     WHERE dup
 )
 SELECT m.query_id, m.passage_id, m.role, m.rank, m.bi_score, m.ce_score, m.teacher_score,
