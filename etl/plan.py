@@ -11,7 +11,10 @@ layers. ``plan`` compares them with what a run would compute now (inputs chained
 * ``config KEY changed``, ``code changed: NAME``, ``upstream layer NAME changes``
 * ``input files changed``: the same code, settings and inputs layers, yet another fingerprint: the
   source / query files, the LLM prompt or the embedding model version
-* ``output files missing``: the neighbours stage's ``embeddings/`` files are gone
+* ``output files missing``: the neighbours stage's ``embeddings/`` files, or the export's files, are gone
+
+The export is planned like the stages (:data:`etl.pipeline.EXPORT`: its fingerprint parts are
+recorded in ``state/export.json``).
 
 Nothing is built or changed; the warehouse is opened read-only when it exists.
 """
@@ -21,9 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import export as export_mod
 from .context import Context
-from .pipeline import STAGES, Stage, _outputs_present, fingerprint_parts, planned_fingerprints
+from .pipeline import STEPS, Stage, _outputs_present, fingerprint_parts, planned_fingerprints
 
 
 @dataclass
@@ -56,16 +58,7 @@ def make_plan(ctx: Context) -> list[PlannedStage]:
     """What ``run`` would do on this warehouse and config: every stage, then the export."""
     planned = planned_fingerprints(ctx)
     out: list[PlannedStage] = []
-    for stage in STAGES:
-        reasons = _reasons(stage, ctx, planned, ctx.wh.state(stage.name))
+    for stage in STEPS:
+        reasons = _reasons(stage, ctx, planned, ctx.wh.state(stage.name, layer=not stage.sink))
         out.append(PlannedStage(stage.name, bool(reasons), reasons))
-    out.append(PlannedStage("export", *_export_reasons(ctx, planned)))
     return out
-
-
-def _export_reasons(ctx: Context, planned: dict[str, str]) -> tuple[bool, list[str]]:
-    changed = [d for d in ("examples", "passages", "queries") if planned[d] != ctx.wh.fingerprint(d)]
-    if changed:
-        return True, [f"upstream layer {d} changes" for d in changed]
-    why = export_mod.stale_reason(ctx, planned)
-    return bool(why), [why] if why else []

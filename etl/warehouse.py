@@ -4,6 +4,7 @@ Layout under ``paths.warehouse``::
 
     layers/<layer>.parquet     one file per layer, written to a temporary name then renamed
     state/<layer>.json         fingerprint, row count and timing of the last materialization
+    state/export.json          the same for the export (a step without a layer: its files are the export)
     cache/embeddings/...       embedding cache (see etl.embed)
     etl.duckdb                 a view per layer over layers/<layer>.parquet (absolute paths)
 
@@ -166,10 +167,10 @@ class Warehouse:
         return int(self.con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0])
 
     # ---- state / fingerprints -------------------------------------------------------------
-    def state(self, name: str) -> dict[str, Any] | None:
-        """Last recorded materialization of a layer, or None."""
+    def state(self, name: str, layer: bool = True) -> dict[str, Any] | None:
+        """Last recorded materialization of a layer (or of a step without one: ``layer=False``), or None."""
         p = self.state_dir / f"{name}.json"
-        if not p.exists() or not self.has_layer(name):
+        if not p.exists() or (layer and not self.has_layer(name)):
             return None
         try:
             return json.loads(p.read_text(encoding="utf-8"))
@@ -181,9 +182,9 @@ class Warehouse:
         st = self.state(name)
         return st["fingerprint"] if st else ""
 
-    def is_fresh(self, name: str, fingerprint: str) -> bool:
-        """True when the layer exists and was built from the same inputs and settings."""
-        st = self.state(name)
+    def is_fresh(self, name: str, fingerprint: str, layer: bool = True) -> bool:
+        """True when the layer exists (``layer``) and was built from the same inputs and settings."""
+        st = self.state(name, layer)
         return bool(st) and st.get("fingerprint") == fingerprint
 
     def write_state(self, result: LayerResult, parts: dict[str, Any] | None = None) -> None:

@@ -47,7 +47,7 @@ def test_batched_examples_and_export_equal_one_batch(tiny_reference_run, tmp_pat
         want = ref.q("SELECT * FROM examples")
         assert got == want
         assert not list((tmp_path / "warehouse" / "layers").glob(".examples*"))  # no part files left
-        export(ctx, force=True, log=lambda _m: None)
+        export(ctx, log=lambda _m: None)
     finally:
         wh.close()
     for name in ("train.jsonl", "val.jsonl"):

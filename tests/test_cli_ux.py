@@ -72,13 +72,27 @@ def test_plan_names_the_changed_config_key_and_what_follows(finished):
     assert lines["export"] == "run   upstream layer examples changes"
 
 
+def test_plan_gives_the_exports_reasons_like_a_stages(finished):
+    """The export step has the runner's freshness: a changed export setting, or a file gone."""
+    lines, _ = plan_lines(finished.config, "--set", "export.first_rank=true")
+    assert lines["examples"] == "fresh" and lines["export"] == "run   config export changed"
+    report = finished.export / "report" / "report.md"
+    kept = report.read_bytes()
+    report.unlink()
+    try:
+        lines, _ = plan_lines(finished.config)
+        assert lines["export"] == "run   output files missing"
+    finally:
+        report.write_bytes(kept)
+
+
 def test_plan_on_a_half_finished_warehouse(tmp_path, tiny_model, small_corpus):
     d = tiny_run_dirs(tmp_path, small_corpus, tiny_model)
     assert run_cli(["run", "-q", "--config", str(d.config), "--until", "passages"]).returncode == 0
     lines, out = plan_lines(d.config)
     assert lines["passages"] == "fresh" and lines["chunks"] == "fresh"
     assert lines["query_file_rows"] == "run   not built yet"
-    assert lines["export"].startswith("run   upstream layer examples changes")
+    assert lines["export"] == "run   not built yet"  # the export is planned like a stage
     assert out.rstrip().endswith(f"{sum(v.startswith('run') for v in lines.values())} of 22 stages would run")
 
 
