@@ -14,7 +14,7 @@ import pytest
 
 from etl import config as config_mod
 from etl.config import DEFAULT_CONFIG, DEFAULT_SQL_DIR, Config, load_config, sql_variable_keys
-from etl.pipeline import STAGES, check_sql_model, covers, model_refs_of, run_pipeline
+from etl.pipeline import STAGES, STEPS, check_sql_model, covers, model_refs_of, run_pipeline
 from etl.sqlrefs import model_refs
 
 ETL_DIR = Path(__file__).resolve().parents[1] / "etl"
@@ -23,11 +23,11 @@ STAGE = {s.name: s for s in STAGES}
 
 # ---- the DAG, read from the SQL ----------------------------------------------------------------
 
-@pytest.mark.parametrize("stage", [s for s in STAGES if s.is_sql or s.runs_sql], ids=lambda s: s.name)
+@pytest.mark.parametrize("stage", [s for s in STEPS if s.is_sql or s.runs_sql], ids=lambda s: s.name)
 def test_sql_model_reads_only_what_its_stage_gets(stage):
     """Every layer a packaged model reads is an earlier stage among its inputs; every variable is set
     from a config key the stage fingerprints."""
-    earlier = [s.name for s in STAGES[:STAGES.index(stage)]]
+    earlier = [s.name for s in STEPS[:STEPS.index(stage)]]
     for name in ([stage.name] if stage.is_sql else []) + list(stage.runs_sql):
         refs = model_refs_of(stage.name, (DEFAULT_SQL_DIR / f"{name}.sql").read_text(encoding="utf-8"))
         if stage.is_sql:
@@ -37,6 +37,14 @@ def test_sql_model_reads_only_what_its_stage_gets(stage):
         for v in refs.variables:
             for key in sql_variable_keys(v):  # KeyError: a variable nobody sets
                 assert covers(stage.config_keys, key), f"{name}.sql reads {v} ({key}), not a key of {stage.name}"
+
+
+def test_the_export_reads_the_layers_its_sql_reads():
+    """The export step's inputs: export_records.sql's layers (candidates for first_rank) + decontamination."""
+    export = STEPS[-1]
+    assert export.name == "export" and export.sink and export not in STAGES
+    assert set(export.deps) == {"passages", "queries", "candidates", "examples", "decontamination"}
+    assert covers(export.config_keys, "export.first_rank")
 
 
 def test_stage_inputs_follow_the_sql():
