@@ -64,7 +64,7 @@ def make_plan(ctx: Context) -> list[PlannedStage]:
 
 
 def _export_reasons(ctx: Context, planned: dict[str, str]) -> tuple[bool, list[str]]:
-    changed = [d for d in ("examples", "passages", "queries") if planned[d] != ctx.wh.fingerprint(d)]
+    changed = [d for d in export_mod.EXPORT_LAYERS if planned[d] != ctx.wh.fingerprint(d)]
     if changed:
         return True, [f"upstream layer {d} changes" for d in changed]
     why = export_mod.stale_reason(ctx, planned)
