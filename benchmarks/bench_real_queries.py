@@ -36,6 +36,17 @@ naive top-k baseline: for every query with a positive, its top ``negatives.hard`
 
 ``--variant NAME=KEY=VALUE[;KEY=VALUE...]`` (``NAME=`` alone = no overrides; repeating a name adds
 to its list). Results go to ``benchmarks/out/real_queries.json``.
+
+The last column is always ``judged``: the default (top) picks plus the LLM judge of the hardest
+negatives (``[judge]``, etl/judge.py) on the OpenAI-compatible server of ``--judge-url`` (vLLM,
+Ollama, ...) with ``--judge-model`` (``--judge-key-env``: the environment variable holding its key,
+if it needs one). It adds the judge's counts (pairs judged, verdicts, calls, tokens) and how many
+of the passages it called relevant are visible false negatives. Without ``--judge-url`` the column
+reads ``n/a (no --judge-url)``:
+
+    python benchmarks/bench_real_queries.py --multi-positive --variant default= \
+        --variant spread=negatives.sampling=spread \
+        --judge-url http://localhost:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct
 """
 
 from __future__ import annotations
@@ -64,6 +75,8 @@ LABELLED = BENCH_DIR / "data" / "labelled_queries.jsonl"
 DEFAULT_TOML = REPO / "etl" / "default.toml"
 SETS = ("autorag", "labelled")
 AUTORAG_SOURCE = "autorag"
+JUDGED = "judged"  # the column of the LLM judge (--judge-url)
+NO_JUDGE = "n/a (no --judge-url)"
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -249,7 +262,7 @@ def read_run(warehouse: Path, n_hard: int) -> dict[str, Any]:
     try:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if not {"queries", "candidates", "passages"} <= tables:
-            return {"queries": {}, "positives": {}, "records": {}, "baseline": {}, "passages": {}}
+            return {"queries": {}, "positives": {}, "records": {}, "baseline": {}, "passages": {}, "judged": {}}
         queries = {qid: q for qid, q in con.execute(
             "SELECT query_id, query FROM queries WHERE method = 'query_file'").fetchall()}
         positives: dict[str, list[str]] = {}
@@ -271,8 +284,13 @@ def read_run(warehouse: Path, n_hard: int) -> dict[str, Any]:
                 "ORDER BY n.query_id, n.rank", [n_hard]).fetchall()
             for qid, pid, sim in rows:
                 baseline.setdefault(qid, []).append((pid, float(sim)))
+        judged: dict[str, list[tuple[str, str]]] = {}  # query -> (passage, verdict) of the LLM judge
+        if "judged_negatives" in tables:
+            for qid, pid, verdict in con.execute(
+                    "SELECT query_id, passage_id, verdict FROM judged_negatives ORDER BY ALL").fetchall():
+                judged.setdefault(qid, []).append((pid, verdict))
         used = {p for v in records.values() for _, p, _ in v} | {p for v in baseline.values() for p, _ in v}
-        used |= {p for v in positives.values() for p in v}
+        used |= {p for v in positives.values() for p in v} | {p for v in judged.values() for p, _ in v}
         con.execute("CREATE TEMP TABLE used (passage_id VARCHAR)")
         if used:  # executemany refuses an empty list (a run without any query)
             con.executemany("INSERT INTO used VALUES (?)", [[p] for p in sorted(used)])
@@ -281,7 +299,7 @@ def read_run(warehouse: Path, n_hard: int) -> dict[str, Any]:
     finally:
         con.close()
     return {"queries": queries, "positives": positives, "records": records, "baseline": baseline,
-            "passages": passages}
+            "passages": passages, "judged": judged}
 
 
 def judge(question: dict[str, Any], positives: list[str], pid: str, passages: dict[str, tuple[str, str]],
@@ -317,7 +335,7 @@ def measure(questions: list[dict[str, Any]], run: dict[str, Any], result: dict[s
     for qid, q in run["queries"].items():
         by_text.setdefault(q.strip(), []).append(qid)
     passages = run["passages"]
-    hard, other_negs, base_all, base_kept, pos_sims = [], [], [], [], []
+    hard, other_negs, base_all, base_kept, pos_sims, judged_relevant = [], [], [], [], [], []
     kept = unmatched = 0
     for question in questions:
         qids = by_text.get(question["query"].strip(), [])
@@ -335,6 +353,9 @@ def measure(questions: list[dict[str, Any]], run: dict[str, Any], result: dict[s
                     continue
                 flags = judge(question, positives, pid, passages, positive_docs)
                 (hard if role in hard_roles else other_negs).append((sim, flags))
+            for pid, verdict in run.get("judged", {}).get(qid, []):
+                if verdict == "relevant":
+                    judged_relevant.append((0.0, judge(question, positives, pid, passages, positive_docs)))
             for pid, sim in run["baseline"].get(qid, []):
                 flags = judge(question, positives, pid, passages, positive_docs)
                 base_all.append((sim, flags))
@@ -356,6 +377,13 @@ def measure(questions: list[dict[str, Any]], run: dict[str, Any], result: dict[s
     out.update(summarize(other_negs, "other_"))
     out.update(summarize(base_all, "naive_"))
     out.update(summarize(base_kept, "naive_kept_"))
+    stage = (meta.get("stages", {}).get("judged_negatives") or {}).get("extra") or {}
+    if stage.get("enabled"):  # the judged column: what the judge did, and what it removed
+        out["judge"] = {k: stage.get(k) for k in ("model", "hardest", "pairs", "cache_hits", "calls_made",
+                                                   "prompt_tokens", "completion_tokens", "verdicts", "failures")}
+        out.update(summarize(judged_relevant, "judged_relevant_"))
+        if "judged_positive_records" in meta:  # judge.keep_as_positive: the extra records, by outcome
+            out["judge"]["positive_records"] = meta["judged_positive_records"]
     return out
 
 
@@ -388,17 +416,33 @@ def report_rows(set_name: str, m: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append(("  mean positive e5 cosine", f(m["mean_positive_sim"])))
             rows.append((f"related+easy negatives: FN {gold_label}",
                          _pct(m["other_" + gold_key], m["other_" + gold_key + "_share"])))
+    if "judge" in m:
+        j, v = m["judge"], m["judge"].get("verdicts") or {}
+        rows += [("LLM judge: pairs judged", f"{j.get('pairs') or 0:,}"),
+                 ("  judge: relevant / not / failed",
+                  f"{v.get('relevant', 0):,} / {v.get('not_relevant', 0):,} / {v.get('failed', 0):,}"),
+                 (f"  judge: relevant that are FN {gold_label}",
+                  _pct(m["judged_relevant_" + gold_key], m["judged_relevant_" + gold_key + "_share"])),
+                 ("  judge: calls (cache hits)", f"{j.get('calls_made') or 0:,} ({j.get('cache_hits') or 0:,})"),
+                 ("  judge: prompt / completion tokens",
+                  f"{j.get('prompt_tokens') or 0:,} / {j.get('completion_tokens') or 0:,}")]
+        if "positive_records" in j:
+            rows.append(("  judge: extra records (keep_as_positive)", f"{j['positive_records'].get('exported', 0):,}"))
     labels = [label for label, _ in rows]
     assert len(labels) == len(set(labels)), "duplicate row labels"
     rows.append(("run seconds (rc)", f"{m['seconds']} ({m['rc']})"))
     return rows
 
 
-def side_by_side(set_name: str, by_variant: dict[str, dict[str, Any]]) -> str:
-    """A text table: one row per metric, one column per variant (rows a variant lacks show '-')."""
-    cols = {v: dict(report_rows(set_name, m)) for v, m in by_variant.items()}
+def side_by_side(set_name: str, by_variant: dict[str, dict[str, Any] | None]) -> str:
+    """A text table: one row per metric, one column per variant (rows a variant lacks show '-').
+
+    A variant that was not run (None: the judged column without ``--judge-url``) reads NO_JUDGE.
+    """
+    ran = {v: m for v, m in by_variant.items() if m is not None}
+    cols = {v: dict(report_rows(set_name, m)) if m is not None else {} for v, m in by_variant.items()}
     labels: list[str] = []
-    for m in by_variant.values():
+    for m in ran.values():
         for label, _ in report_rows(set_name, m):
             if label not in labels:
                 labels.append(label)
@@ -407,12 +451,37 @@ def side_by_side(set_name: str, by_variant: dict[str, dict[str, Any]]) -> str:
         rest = [label for label in labels if not label.startswith("  dropped:")]
         i = rest.index("share kept") + 1
         labels = rest[:i] + drops + rest[i:]
+    for v, m in by_variant.items():
+        if m is None:
+            cols[v] = dict.fromkeys(labels, NO_JUDGE)
     w0 = max(len(x) for x in labels)
     widths = {v: max(len(v), *(len(c.get(label, "-")) for label in labels)) for v, c in cols.items()}
     lines = [f"{'':<{w0}}  " + "  ".join(f"{v:>{widths[v]}}" for v in cols)]
     for label in labels:
         lines.append(f"{label:<{w0}}  " + "  ".join(f"{cols[v].get(label, '-'):>{widths[v]}}" for v in cols))
     return "\n".join(lines)
+
+
+def judge_overrides(url: str, model: str, key_env: str = "") -> list[str]:
+    """The ``--set`` list of the judged column: the default (top) picks plus the LLM judge at ``url``."""
+    if not url.startswith(("http://", "https://")):
+        raise SystemExit(f"--judge-url must be an http(s) URL of an OpenAI-compatible server, got {url!r}")
+    if not model.strip():
+        raise SystemExit("--judge-url needs --judge-model (the model name the server serves)")
+    sets = ["judge.enabled=true", f"judge.base_url={json.dumps(url)}", f"judge.model={json.dumps(model)}"]
+    if key_env:
+        sets.append(f"llm.api_key_env={json.dumps(key_env)}")
+    return sets
+
+
+def plan_columns(variants: dict[str, list[str]], judge_url: str | None, judge_model: str,
+                 judge_key_env: str = "") -> dict[str, list[str] | None]:
+    """The columns to run: the variants, then ``judged`` (its overrides, or None without a judge URL)."""
+    if JUDGED in variants:
+        raise SystemExit(f"--variant: the name {JUDGED!r} is the judge's column (--judge-url); pick another")
+    if judge_url is None and judge_model:
+        raise SystemExit("--judge-model needs --judge-url")
+    return {**variants, JUDGED: judge_overrides(judge_url, judge_model, judge_key_env) if judge_url else None}
 
 
 def parse_variants(items: list[str]) -> dict[str, list[str]]:
@@ -449,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labelled", type=Path, default=LABELLED, help="labelled question file")
     ap.add_argument("--seed-cache", type=Path, default=None,
                     help="copy this warehouse's embedding cache into each set's shared cache first")
+    ap.add_argument("--judge-url", default=None, metavar="URL",
+                    help="OpenAI-compatible server (vLLM, Ollama: http://host:port/v1) for the judged column")
+    ap.add_argument("--judge-model", default="", metavar="NAME", help="the judge's model name on that server")
+    ap.add_argument("--judge-key-env", default="", metavar="VAR",
+                    help="environment variable holding the judge server's API key (default: none)")
     ap.add_argument("--json", type=Path, default=BENCH_DIR / "out" / "real_queries.json")
     args = ap.parse_args(argv)
 
@@ -456,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in sets:
         if s not in SETS:
             ap.error(f"--sets: unknown set {s!r} (known: {', '.join(SETS)})")
-    variants = parse_variants(args.variant)
+    variants = plan_columns(parse_variants(args.variant), args.judge_url, args.judge_model, args.judge_key_env)
     print(f"{machine()}; load {load()}; work dir {args.work}")
     results: dict[str, Any] = {"machine": machine(), "multi_positive": args.multi_positive,
                                "variants": variants, "sets": {}}
@@ -476,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{set_name}] seeded {seed_cache(set_dir, args.seed_cache)} cache file(s)")
         by_variant: dict[str, Any] = {}
         for name, overrides in variants.items():
+            if overrides is None:  # the judged column without --judge-url
+                by_variant[name] = None
+                continue
             print(f"[{set_name}] {name}: {len(questions)} questions, --set {overrides or '(none)'} "
                   f"(load {load()}) ...", flush=True)
             res = run_variant(set_dir, name, overrides, set_dir / f"run_{name}.log")

@@ -194,6 +194,9 @@ class JudgeConfig:
     prompt_file: str = ""  # "" = the bundled Korean template etl/prompts/judge.ko.txt
     temperature: float = 0.0
     max_tokens: int = 128
+    # also write one extra record per judged-relevant negative, with it as the positive and the
+    # query's record's negatives (layer judged_examples, etl/sql/judged_examples.sql)
+    keep_as_positive: bool = False
 
 
 @dataclass
@@ -398,6 +401,7 @@ SQL_VARIABLES: dict[str, str] = {  # variable -> the config value it holds
     "score_decimals": "scoring.decimals",
     "val_fraction": "split.val_fraction",
     "export_first_rank": "export.first_rank",
+    "judge_keep_as_positive": "judge.keep_as_positive",
 }
 DERIVED_SQL_VARIABLES: dict[str, tuple[str, ...]] = {  # variable -> the config keys it is computed from
     "embedding_cache_key": ("embedding.model", "embedding.max_chars"),  # etl.embed.cache_key_prefix

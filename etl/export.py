@@ -153,12 +153,13 @@ def _copy_jsonl(ctx: Context, split: str, path: Path) -> int:
     con.execute("SET VARIABLE records_split = ?", [split])
     con.execute("SET VARIABLE export_first_rank = ?", [cfg.export.first_rank])
     sql = _record_columns(con, sql, cfg.export.first_rank)
+    written = 0  # the records COPY wrote (examples + judged_examples' extra records)
     try:
         with open(tmp, "wb") as out:
             for lo, hi in ranges:
                 con.execute("SET VARIABLE records_from = ?", [lo])
                 con.execute("SET VARIABLE records_to = ?::VARCHAR", [hi])
-                con.execute(f"COPY ({sql}) TO '{part}' (FORMAT JSON)")
+                written += int(con.execute(f"COPY ({sql}) TO '{part}' (FORMAT JSON)").fetchall()[0][0])
                 if part.exists():  # DuckDB writes nothing for an empty result on some versions
                     with open(part, "rb") as src:
                         shutil.copyfileobj(src, out, 16 << 20)
@@ -167,7 +168,7 @@ def _copy_jsonl(ctx: Context, split: str, path: Path) -> int:
     finally:
         for leftover in (tmp, part):
             leftover.unlink(missing_ok=True)
-    return int(con.execute("SELECT count(*) FROM examples WHERE split = ?", [split]).fetchall()[0][0])
+    return written
 
 
 def _record_columns(con: Any, sql: str, first_rank: bool) -> str:
@@ -220,6 +221,8 @@ def _stats(ctx: Context) -> dict[str, Any]:
         "queries_total_by_method": by("SELECT method, count(*) FROM queries GROUP BY 1 ORDER BY 1"),
         "layers": {name: ctx.wh.count(name) for name in ctx.wh.existing_layers()},
         **_decontamination_stats(ctx),
+        **({"judged_positive_records": by(read_stats_sql(ctx.cfg.sql_dir, "judged_positives"))}
+           if ctx.cfg.judge.keep_as_positive else {}),
     }
 
 

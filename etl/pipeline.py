@@ -9,6 +9,7 @@ re-runs exactly the steps downstream of it. ``--force STAGE`` re-runs one step r
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import inspect
@@ -22,7 +23,7 @@ from typing import Any
 from . import embed as embed_mod
 from . import export as export_mod
 from . import ingest, mine, queryfiles
-from .config import DEFAULT_SQL_DIR, Config, fingerprint_of, sql_variable_keys
+from .config import DEFAULT_SQL_DIR, Config, JudgeConfig, fingerprint_of, sql_variable_keys
 from .context import Context, read_sql, sql_model, strip_sql
 from .sqlrefs import ModelRefs, model_refs
 from .warehouse import Contract, LayerResult, Warehouse, sha
@@ -134,6 +135,10 @@ def _register_cosines(ctx: Context) -> None:
     mine.CosineUDFs(p_npy, q_npy).register(ctx.wh.con)
 
 
+# The judge's settings the judged_negatives layer depends on: all but keep_as_positive, which only
+# the judged_examples model reads (turning it on does not ask the judge again).
+JUDGE_KEYS = tuple(f"judge.{f.name}" for f in dataclasses.fields(JudgeConfig) if f.name != "keep_as_positive")
+
 # SQL stages take their inputs (the layers after FROM / JOIN) and config keys (those of the
 # getvariable() names, etl.config.SQL_VARIABLES) from their file: see _derive_from_sql below. What
 # a SQL stage lists here is only what its text cannot show (the embedding UDFs' settings).
@@ -172,11 +177,12 @@ STAGES: list[Stage] = [
                             checks=["isfinite(teacher_score)"])),
     Stage("scored_candidates", cosines=True),
     Stage("judged_negatives", ("scored_candidates", "queries", "passages"),
-          ("judge", "llm.base_url", "llm.model", "llm.api_key_env", "llm.timeout_s", "llm.max_retries",
+          (*JUDGE_KEYS, "llm.base_url", "llm.model", "llm.api_key_env", "llm.timeout_s", "llm.max_retries",
            "llm.backoff_s"), python=_judged_negatives,
           contract=Contract(unique=[["query_id", "passage_id"]], not_null=["query_id", "passage_id", "verdict"],
                             checks=["verdict IN ('relevant', 'not_relevant', 'failed')"])),
     Stage("examples", per_query=True),
+    Stage("judged_examples"),  # judge.keep_as_positive: extra records, judged-relevant passages as positives
 ]
 
 
@@ -291,6 +297,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "scored_candidates": ("etl.mine",),  # near_duplicate_of_earlier (etl.mine.CosineUDFs)
     "judged_negatives": ("etl.judge", "etl.llm", "etl.llm_prompt", "etl.llm_client", "etl.llm_cache"),
     "examples": (),
+    "judged_examples": (),
     # the export's files: JSONL + validation, datasets/, st/, idf.json, the manifest, report/, the card
     "export": ("etl.export", "etl.validate", "etl.hfexport", "etl.stformat", "etl.idf", "etl.decontaminate",
                "etl.report", "etl.report_sql", "etl.report_plots", "etl.card"),

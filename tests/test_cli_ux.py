@@ -57,7 +57,7 @@ def test_plan_on_a_fresh_warehouse(tmp_path, tiny_model, small_corpus):
 def test_plan_on_a_finished_warehouse(finished):
     lines, out = plan_lines(finished.config)
     assert set(lines.values()) == {"fresh"}, out
-    assert out.rstrip().endswith("0 of 22 stages would run: the export is up to date")
+    assert out.rstrip().endswith("0 of 23 stages would run: the export is up to date")
 
 
 def test_plan_names_the_changed_config_key_and_what_follows(finished):
@@ -69,7 +69,9 @@ def test_plan_names_the_changed_config_key_and_what_follows(finished):
     assert lines["judged_negatives"] == "run   upstream layer scored_candidates changes"  # judge off: an empty layer
     assert lines["examples"] == ("run   upstream layer scored_candidates changes; "
                                  "upstream layer judged_negatives changes")
-    assert lines["export"] == "run   upstream layer examples changes"
+    assert lines["judged_examples"] == "run   upstream layer scored_candidates changes; " \
+                                      "upstream layer judged_negatives changes; upstream layer examples changes"
+    assert lines["export"] == "run   upstream layer examples changes; upstream layer judged_examples changes"
 
 
 def test_plan_gives_the_exports_reasons_like_a_stages(finished):
@@ -93,7 +95,7 @@ def test_plan_on_a_half_finished_warehouse(tmp_path, tiny_model, small_corpus):
     assert lines["passages"] == "fresh" and lines["chunks"] == "fresh"
     assert lines["query_file_rows"] == "run   not built yet"
     assert lines["export"] == "run   not built yet"  # the export is planned like a stage
-    assert out.rstrip().endswith(f"{sum(v.startswith('run') for v in lines.values())} of 22 stages would run")
+    assert out.rstrip().endswith(f"{sum(v.startswith('run') for v in lines.values())} of 23 stages would run")
 
 
 def test_plan_names_changed_code(finished, tmp_path):

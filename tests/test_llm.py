@@ -854,17 +854,18 @@ def test_judge_modules_are_not_hashed_while_the_judge_is_off(monkeypatch):
     monkeypatch.setattr(pipeline, "module_source", lambda name: real(name) + ("#" if name == "etl.judge" else ""))
     assert pipeline.planned_fingerprints(off) == before_off
     after_on = pipeline.planned_fingerprints(on)
-    assert {k for k in before_on if before_on[k] != after_on[k]} == {"judged_negatives", "examples"}
+    assert {k for k in before_on if before_on[k] != after_on[k]} == {"judged_negatives", "examples", "judged_examples"}
 
 
-def test_pipeline_with_the_judge(tmp_path, server, monkeypatch):
-    """Turning the judge on re-runs judged_negatives and examples; judged-relevant negatives leave the records."""
-    from etl.pipeline import run_pipeline
+def judge_pipeline_config(tmp_path: Path, server: FakeLLM, extra_docs: int = 0) -> Path:
+    """A config.toml for a pipeline run over DOCS (+ ``extra_docs`` synthetic articles) whose [llm]
+    server is ``server`` (judge not enabled)."""
+    from etl_helpers import make_articles
 
-    monkeypatch.setenv(KEY_ENV, SECRET)
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"id": f"d{i}", "title": t, "text": x}, ensure_ascii=False) + "\n"
-                              for i, (t, x) in enumerate(DOCS)), encoding="utf-8")
+    docs = [{"id": f"d{i}", "title": t, "text": x} for i, (t, x) in enumerate(DOCS)]
+    docs += make_articles(extra_docs, seed=3, sentences=4, start=len(DOCS))
+    corpus.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
     toml = tmp_path / "config.toml"
     toml.write_text(f"""
 [run]
@@ -892,6 +893,15 @@ related = 0
 [mining]
 top_k = 10
 """, encoding="utf-8")
+    return toml
+
+
+def test_pipeline_with_the_judge(tmp_path, server, monkeypatch):
+    """Turning the judge on re-runs judged_negatives and examples; judged-relevant negatives leave the records."""
+    from etl.pipeline import run_pipeline
+
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    toml = judge_pipeline_config(tmp_path, server)
     log: list[str] = []
     meta1 = run_pipeline(load_config(toml), log=lambda *_: None)
     assert server.requests == [] and meta1["stages"]["judged_negatives"]["extra"] == {"enabled": False}
@@ -916,3 +926,78 @@ top_k = 10
     assert meta2.get("dropped_queries", {}).get("not_enough_hard_negatives", 0) >= len(lost)
     for p, data in all_bytes_under(tmp_path):
         assert SECRET.encode() not in data, p
+
+
+def _records(out: Path) -> dict[str, list[dict]]:
+    return {split: [json.loads(line) for line in (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+            for split in ("train", "val")}
+
+
+def test_pipeline_keeps_judged_positives_as_extra_records(tmp_path, server, monkeypatch):
+    """judge.keep_as_positive: each judged-relevant passage that scores above the negatives of its
+    query's record becomes the positive of an extra record (same query, those negatives, same split),
+    right after that record; off, the export is the judge's export without them."""
+    from etl.pipeline import run_pipeline
+    from etl.validate import validate_file
+
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    toml = judge_pipeline_config(tmp_path, server, extra_docs=12)  # enough negatives to replace judged ones
+    judge_on = ["judge.enabled=true", 'judge.model="judge-model"', "judge.hardest=2"]
+    out, wh = tmp_path / "out", tmp_path / "wh" / "layers"
+    meta_off = run_pipeline(load_config(toml, judge_on), log=lambda *_: None)
+    assert "judged_positive_records" not in meta_off
+    assert pq.read_table(wh / "judged_examples.parquet").num_rows == 0
+    off_bytes = {s: (out / f"{s}.jsonl").read_bytes() for s in ("train", "val")}
+    off = _records(out)
+    calls = len(server.requests)
+
+    log: list[str] = []
+    meta = run_pipeline(load_config(toml, [*judge_on, "judge.keep_as_positive=true", "export.first_rank=true"]),
+                        log=lambda *a: log.append(" ".join(map(str, a))))
+    ran = {ln.split()[0] for ln in log if ln.startswith("  ") and not ln.endswith("skipped (fresh)")}
+    assert ran == {"judged_examples", "export"}  # the judge is not asked again, examples stay
+    assert len(server.requests) == calls
+    on = _records(out)
+    ranks = [r.pop("first_rank") for recs in on.values() for r in recs]  # the trainer's filter field: an int
+    assert all(isinstance(k, int) and k >= 1 for k in ranks)
+
+    passages = {r["passage_id"]: r["text"] for r in pq.read_table(wh / "passages.parquet").to_pylist()}
+    examples = {r["query_id"]: r for r in pq.read_table(wh / "examples.parquet").to_pylist()}
+    judged = pq.read_table(wh / "judged_examples.parquet").to_pylist()
+    relevant = [(r["query_id"], r["passage_id"]) for r in pq.read_table(wh / "judged_negatives.parquet").to_pylist()
+                if r["verdict"] == "relevant"]
+    assert sorted((r["query_id"], r["passage_id"]) for r in judged) == sorted(relevant)
+    kept = [r for r in judged if r["skip_reason"] is None]
+    assert kept, "the deterministic judge keeps some passages on these documents"
+    outcomes = meta["judged_positive_records"]
+    assert outcomes.get("exported", 0) == len(kept) and sum(outcomes.values()) == len(relevant)
+    assert outcomes.get("not_above_every_negative", 0) > 0  # a judged passage below a negative kept in its record
+    assert meta["total_queries"] == meta_off["total_queries"] + len(kept)
+    assert meta["train_samples"] + meta["val_samples"] == sum(map(len, on.values()))
+
+    relevant_texts: dict[str, set[str]] = {}
+    for qid, pid in relevant:
+        relevant_texts.setdefault(examples[qid]["query"] if qid in examples else qid, set()).add(passages[pid])
+    for split in ("train", "val"):
+        # the records of the option-off export, in their order, plus the extra ones right after theirs
+        keys = sorted([(qid, None) for qid, e in examples.items() if e["split"] == split]
+                      + [(r["query_id"], r) for r in kept if r["split"] == split],
+                      key=lambda k: k[0] if k[1] is None else k[1]["record_id"])
+        assert len(on[split]) == len(keys)
+        assert [rec for rec, (_, j) in zip(on[split], keys, strict=True) if j is None] == off[split]
+        for rec, (qid, j) in zip(on[split], keys, strict=True):
+            main = examples[qid]
+            assert rec["query"] == main["query"]
+            assert not set(rec["docs"][1:]) & relevant_texts.get(rec["query"], set())  # never a negative
+            if j is None:
+                continue
+            assert j["split"] == main["split"] == split
+            assert rec["docs"][0] == passages[j["passage_id"]]
+            assert sorted(rec["docs"][1:]) == sorted(passages[p] for p in main["passage_ids"][1:])
+            assert rec["scores"][0] == 30.0 and max(rec["scores"][1:]) < 30.0
+        if on[split]:
+            assert validate_file(out / f"{split}.jsonl", min_docs=6, max_docs=6).ok
+    assert all(v["violations"] == 0 for v in meta["validation"].values())
+
+    run_pipeline(load_config(toml, judge_on), log=lambda *_: None)  # off again: the judge's export as before
+    assert {s: (out / f"{s}.jsonl").read_bytes() for s in ("train", "val")} == off_bytes

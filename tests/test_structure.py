@@ -43,7 +43,8 @@ def test_the_export_reads_the_layers_its_sql_reads():
     """The export step's inputs: export_records.sql's layers (candidates for first_rank) + decontamination."""
     export = STEPS[-1]
     assert export.name == "export" and export.sink and export not in STAGES
-    assert set(export.deps) == {"passages", "queries", "candidates", "examples", "decontamination"}
+    assert set(export.deps) == {"passages", "queries", "candidates", "examples", "judged_examples",
+                                  "decontamination"}
     assert covers(export.config_keys, "export.first_rank")
 
 
