@@ -21,7 +21,7 @@ is on; the pipelined GPU path feeds those flattened features through unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -130,6 +130,7 @@ class SentenceTransformerEmbedder:
         self.device = device
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        self._count: Callable[[list[str]], Iterable[int]] | None = None  # token counter (token_lengths)
         self.unpadded = bool(getattr(self._model[0], "can_flatten_inputs", False))
         if self.unpadded:
             log.info("embedding: %s runs unpadded batches (%s varlen)", model, attention)
@@ -164,11 +165,34 @@ class SentenceTransformerEmbedder:
         """
         if not texts:
             return np.zeros(0, dtype=np.int64)
-        tok = self._model.tokenizer
-        limit = self._model.max_seq_length
-        enc = tok([PREFIX[kind] + t for t in texts], add_special_tokens=True, truncation=limit is not None,
-                  max_length=limit, return_attention_mask=False, return_token_type_ids=False)
-        return np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(texts))
+        if self._count is None:
+            self._count = self._token_counter()
+        return np.fromiter(self._count([PREFIX[kind] + t for t in texts]), dtype=np.int64, count=len(texts))
+
+    def _token_counter(self) -> Callable[[list[str]], Iterable[int]]:
+        """A token counter with its own copy of the model's tokenizer.
+
+        The model's tokenizer is not shared with the thread that tokenizes batches for the forward:
+        a fast tokenizer's per-call truncation / padding settings are state, two threads would race.
+        """
+        tok, limit = self._model.tokenizer, self._model.max_seq_length
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is not None:  # a fast tokenizer: an independent Rust copy, truncating like the model
+            from tokenizers import Tokenizer
+
+            counter = Tokenizer.from_str(backend.to_str())
+            counter.no_padding()
+            if limit:
+                counter.enable_truncation(limit)
+            else:
+                counter.no_truncation()
+            encode = getattr(counter, "encode_batch_fast", counter.encode_batch)  # no offsets (tokenizers >= 0.20)
+            return lambda texts: (len(e.ids) for e in encode(texts, add_special_tokens=True))
+        import copy
+
+        own = copy.deepcopy(tok)  # a slow (Python) tokenizer
+        return lambda texts: (len(ids) for ids in own(texts, add_special_tokens=True, truncation=bool(limit),
+                                                      max_length=limit)["input_ids"])
 
     def encode_batches(self, batches: Sequence[list[str]], kind: Kind,
                        on_batch: Callable[[int, np.ndarray], None] | None = None) -> list[np.ndarray]:

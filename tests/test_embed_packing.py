@@ -134,6 +134,29 @@ def test_st_packed_vectors_equal_fixed_batches(tiny_model: str) -> None:
                                embed.embed_batched(fixed, TEXTS, "query", 4, 2000), rtol=0, atol=1e-5)
 
 
+def test_pipelined_packing_plans_in_windows(tiny_model: str, monkeypatch) -> None:
+    """On a pipelined (GPU) embedder the call is planned window by window of the character order,
+    the next window's tokens counted on a thread: every text once, no batch across two windows,
+    each batch within the budget, the fixed-batch vectors."""
+    monkeypatch.setattr(embed, "PACK_WINDOWS", (4, 8))
+    fixed = embed.SentenceTransformerEmbedder(tiny_model, device="cpu", batch_size=4)
+    packed = embed.SentenceTransformerEmbedder(tiny_model, device="cpu", batch_size=4, max_batch_tokens=200)
+    packed.pipelined = True
+    chars = np.array([len(t) for t in TEXTS])
+    window_of = np.empty(len(TEXTS), dtype=np.int64)
+    for w, sl in enumerate(embed._windows(len(TEXTS))):
+        window_of[np.argsort(chars, kind="stable")[sl]] = w
+    assert window_of.max() == 3  # 27 texts: windows of 4, 8, 8, 7
+    tokens = token_lengths(fixed, TEXTS, "passage")
+    seen: list[np.ndarray] = []
+    got = embed.embed_batched(packed, TEXTS, "passage", 4, 2000, max_batch_tokens=200,
+                              on_batch=lambda idx, vecs: seen.append(np.array(idx)))
+    assert sorted(np.concatenate(seen).tolist()) == list(range(len(TEXTS)))
+    assert all(len(set(window_of[b].tolist())) == 1 for b in seen)
+    assert all(len(b) * tokens[b].max() <= 200 or len(b) == 1 for b in seen)
+    np.testing.assert_allclose(got, embed.embed_batched(fixed, TEXTS, "passage", 4, 2000), rtol=0, atol=1e-5)
+
+
 def test_st_encode_runs_one_forward_per_packed_batch(tiny_model: str, monkeypatch) -> None:
     packed = embed.SentenceTransformerEmbedder(tiny_model, device="cpu", batch_size=2, max_batch_tokens=512)
     seen: list[int] = []
