@@ -201,6 +201,6 @@ def test_an_edited_evaluation_file_reruns_decontamination_and_what_follows(tmp_p
     after = planned_fingerprints(Context(load_config(None, sets), None))
     changed = {k for k in before if before[k] != after[k]}
     assert changed == {"decontamination", "candidates", "teacher_scores", "scored_candidates", "judged_negatives",
-                       "examples"}
+                       "examples", "judged_examples", "export"}
     more = planned_fingerprints(Context(load_config(None, [*sets, "decontamination.ngram=8"]), None))
     assert more["decontamination"] != after["decontamination"] and more["passages"] == after["passages"]
