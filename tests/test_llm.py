@@ -854,7 +854,8 @@ def test_judge_modules_are_not_hashed_while_the_judge_is_off(monkeypatch):
     monkeypatch.setattr(pipeline, "module_source", lambda name: real(name) + ("#" if name == "etl.judge" else ""))
     assert pipeline.planned_fingerprints(off) == before_off
     after_on = pipeline.planned_fingerprints(on)
-    assert {k for k in before_on if before_on[k] != after_on[k]} == {"judged_negatives", "examples", "judged_examples"}
+    assert {k for k in before_on if before_on[k] != after_on[k]} == {"judged_negatives", "examples", "judged_examples",
+                                                                          "export"}
 
 
 def judge_pipeline_config(tmp_path: Path, server: FakeLLM, extra_docs: int = 0) -> Path:
