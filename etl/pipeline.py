@@ -442,12 +442,17 @@ def _outputs_present(stage: Stage, ctx: Context) -> bool:
     return True
 
 
+def _is_fresh(stage: Stage, ctx: Context, fp: str) -> bool:
+    """Last built with fingerprint ``fp`` (its layer exists, unless a sink) and its files are there."""
+    return ctx.wh.is_fresh(stage.name, fp, layer=not stage.sink) and _outputs_present(stage, ctx)
+
+
 def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
     """Materialize one stage unless it is fresh; check its contract; record its state."""
     assert not stage.sink, "the export runs through run_export"
     wh = ctx.wh
     fp = stage_fingerprint(stage, ctx)
-    if not force and wh.is_fresh(stage.name, fp) and _outputs_present(stage, ctx):
+    if not force and _is_fresh(stage, ctx, fp):
         st = wh.state(stage.name) or {}
         return LayerResult(stage.name, int(st.get("rows", 0)), 0.0, skipped=True, fingerprint=fp,
                            extra=st.get("extra", {}))
@@ -638,7 +643,7 @@ def run_export(ctx: Context, force: bool = False, started: float | None = None,
     export is never taken as fresh. Returns the export's metadata.
     """
     fp = stage_fingerprint(EXPORT, ctx)
-    fresh = not force and ctx.wh.is_fresh(EXPORT.name, fp, layer=False) and _outputs_present(EXPORT, ctx)
+    fresh = not force and _is_fresh(EXPORT, ctx, fp)
     t0 = time.perf_counter()
     assert EXPORT.python is not None
     meta = EXPORT.python(ctx, fresh, started, log)
