@@ -85,7 +85,9 @@ def _teacher_scores(ctx: Context, out: Path) -> dict[str, Any]:
     from . import teacher
 
     filters_sql = read_sql(ctx.cfg.sql_dir / "scored_candidates.sql")
-    return teacher.write_teacher_scores(ctx.cfg, ctx.wh.con, out, ctx.progress, filters_sql=filters_sql)
+    engine = ctx.engine if ctx.cfg.distributed.engine == "ray" else None  # started only when pairs are missing
+    return teacher.write_teacher_scores(ctx.cfg, ctx.wh.con, out, ctx.progress, filters_sql=filters_sql,
+                                        engine=engine)
 
 
 def _embeddings_dir(ctx: Context) -> Path:

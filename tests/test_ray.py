@@ -161,3 +161,33 @@ def test_engine_ray_without_ray_names_the_extra(tmp_path):
     assert res.returncode != 0
     assert "pip install '.[ray]'" in res.stderr, res.stderr
     assert not (tmp_path / "wh").exists()  # no work started
+
+
+def test_cross_encoder_misses_are_scored_on_ray(ray_run, tmp_path):
+    """Each round's uncached pairs go to Ray actors; the local pass then finds every pair cached."""
+    pytest.importorskip("sentence_transformers")
+    from tiny_models import build_tiny_cross_encoder
+
+    from etl.pipeline import run_pipeline
+
+    ce_dir = build_tiny_cross_encoder(tmp_path / "ce")
+    results = {}
+    for engine in ("local", "ray"):
+        shutil.copytree(ray_run.warehouse, tmp_path / engine / "warehouse")
+        cfg = load_config(ray_run.config, [f'paths.warehouse="{tmp_path / engine / "warehouse"}"',
+                                           f'paths.export="{tmp_path / engine / "export"}"',
+                                           'teacher.kind="cross_encoder"', f'teacher.cross_encoder="{ce_dir}"',
+                                           'teacher.device="cpu"', f'distributed.engine="{engine}"'])
+        lines: list[str] = []
+        summary = run_pipeline(cfg, until="teacher_scores", log=lines.append)
+        results[engine] = (summary["stages"]["teacher_scores"].extra,
+                           layer_rows(tmp_path / engine / "warehouse", "teacher_scores"), lines)
+    (local_extra, local_rows, _), (ray_extra, ray_rows, ray_log) = results["local"], results["ray"]
+    assert local_extra["ce_model_scored"] > 0 and "ray" not in local_extra
+    assert ray_extra["ce_model_scored"] == 0, ray_extra  # every pair came from the cache Ray filled
+    assert ray_extra["ray_scored"] > 0 and ray_extra["ray"] == "ray: 2 workers"
+    assert ray_extra["rounds"] == local_extra["rounds"] and ray_extra["scored"] == local_extra["scored"]
+    assert "(ray: 2 workers)" in next(m for m in ray_log if m.strip().startswith("teacher_scores"))
+    assert [r[:4] for r in ray_rows] == [r[:4] for r in local_rows]  # same candidates scored
+    ce = np.array([[a[5], b[5]] for a, b in zip(ray_rows, local_rows, strict=True)], dtype=np.float64)
+    assert np.abs(ce[:, 0] - ce[:, 1]).max() <= 1e-5  # other batch compositions: float noise only
