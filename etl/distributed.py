@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -105,7 +106,9 @@ class RayEngine:
             else:
                 ray.init(num_cpus=self.cfg.workers * self.cfg.cpus_per_worker, **quiet)
             self._started = True
-        ctx = ray.data.DataContext.get_current()
+        with warnings.catch_warnings():  # Ray Data's own deprecated settings warn when the context is built
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)

@@ -53,13 +53,19 @@ def _raw_documents(ctx: Context, out: Path) -> dict[str, Any]:
     return ingest.write_raw_documents(ctx.cfg, out, ctx.progress)
 
 
+def _ray_engine(ctx: Context) -> Callable[[], Any] | None:
+    """With ``distributed.engine = "ray"``: the Context's engine getter (Ray starts only once a miss needs it)."""
+    return ctx.engine if ctx.cfg.distributed.engine == "ray" else None
+
+
 def _judged_negatives(ctx: Context, out: Path) -> dict[str, Any]:
     from . import judge
 
     if not ctx.cfg.judge.enabled:
         judge.write_empty(out)
         return {"enabled": False}
-    return judge.write_judged_negatives(ctx.cfg, ctx.wh.con, out, ctx.wh.root / "cache" / "judge", ctx.progress)
+    return judge.write_judged_negatives(ctx.cfg, ctx.wh.con, out, ctx.wh.root / "cache" / "judge", ctx.progress,
+                                        engine=_ray_engine(ctx))
 
 
 def _decontamination(ctx: Context, out: Path) -> dict[str, Any]:
@@ -78,16 +84,16 @@ def _llm_questions(ctx: Context, out: Path) -> dict[str, Any]:
     if "llm" not in ctx.cfg.queries.methods:
         llm.write_empty(out)
         return {"enabled": False}
-    return llm.write_llm_questions(ctx.cfg, ctx.wh.con, out, ctx.wh.root / "cache" / "llm", ctx.progress)
+    return llm.write_llm_questions(ctx.cfg, ctx.wh.con, out, ctx.wh.root / "cache" / "llm", ctx.progress,
+                                   engine=_ray_engine(ctx))
 
 
 def _teacher_scores(ctx: Context, out: Path) -> dict[str, Any]:
     from . import teacher
 
     filters_sql = read_sql(ctx.cfg.sql_dir / "scored_candidates.sql")
-    engine = ctx.engine if ctx.cfg.distributed.engine == "ray" else None  # started only when pairs are missing
     return teacher.write_teacher_scores(ctx.cfg, ctx.wh.con, out, ctx.progress, filters_sql=filters_sql,
-                                        engine=engine)
+                                        engine=_ray_engine(ctx))
 
 
 def _embeddings_dir(ctx: Context) -> Path:

@@ -177,7 +177,8 @@ def test_cross_encoder_misses_are_scored_on_ray(ray_run, tmp_path):
         cfg = load_config(ray_run.config, [f'paths.warehouse="{tmp_path / engine / "warehouse"}"',
                                            f'paths.export="{tmp_path / engine / "export"}"',
                                            'teacher.kind="cross_encoder"', f'teacher.cross_encoder="{ce_dir}"',
-                                           'teacher.device="cpu"', f'distributed.engine="{engine}"'])
+                                           'teacher.device="cpu"', "teacher.max_candidates=5",
+                                           f'distributed.engine="{engine}"'])
         lines: list[str] = []
         summary = run_pipeline(cfg, until="teacher_scores", log=lines.append)
         results[engine] = (summary["stages"]["teacher_scores"].extra,
@@ -191,3 +192,55 @@ def test_cross_encoder_misses_are_scored_on_ray(ray_run, tmp_path):
     assert [r[:4] for r in ray_rows] == [r[:4] for r in local_rows]  # same candidates scored
     ce = np.array([[a[5], b[5]] for a, b in zip(ray_rows, local_rows, strict=True)], dtype=np.float64)
     assert np.abs(ce[:, 0] - ce[:, 1]).max() <= 1e-5  # other batch compositions: float noise only
+
+
+def test_llm_questions_and_judge_ask_their_misses_on_ray(ray_cluster, tmp_path, monkeypatch):
+    """The LLM stages' uncached prompts go to Ray actors (same client, loopback server), then run from the cache."""
+    pytest.importorskip("openai")
+    from test_llm import KEY_ENV, SECRET, FakeLLM, judge_cfg, make_con, make_judge_con
+
+    from etl import judge, llm
+    from etl.config import DistributedConfig
+    from etl.distributed import RayEngine
+
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server = FakeLLM()
+    server.thread.start()
+    engine = RayEngine(DistributedConfig(engine="ray", workers=2, task_batches=1))
+    try:
+        keys = ["a", "b", "c", "d", "e", "f"]
+        negatives = {f"q{i}": [(k, 5.0 - j, None) for j, k in enumerate(keys[i:i + 3])] for i in range(3)}
+        got = {}
+        for mode in ("local", "ray"):
+            d = tmp_path / mode
+            d.mkdir()
+            cfg = judge_cfg(d, server)  # the question stage's settings plus the judge's
+            server.reset_counts()
+            q_counts = llm.write_llm_questions(cfg, make_con(keys), d / "q.parquet", d / "cache" / "llm",
+                                               progress=False, engine=engine.start if mode == "ray" else None)
+            q_hits = dict(server.hits)
+            server.reset_counts()
+            j_counts = judge.write_judged_negatives(cfg, make_judge_con(negatives), d / "j.parquet",
+                                                    d / "cache" / "judge", progress=False,
+                                                    engine=engine.start if mode == "ray" else None)
+            got[mode] = (q_counts, q_hits, pq.read_table(d / "q.parquet").to_pylist(),
+                         j_counts, dict(server.hits), pq.read_table(d / "j.parquet").to_pylist())
+        (lq, lq_hits, lq_rows, lj, lj_hits, lj_rows), (rq, rq_hits, rq_rows, rj, rj_hits, rj_rows) = \
+            got["local"], got["ray"]
+        assert rq_rows == lq_rows and len(lq_rows) == 2 * len(keys)
+        assert rj_rows == lj_rows and len(lj_rows) == 6
+        assert rq_hits == lq_hits == dict.fromkeys(keys, 1)  # each prompt asked once, by an actor
+        assert rj_hits == lj_hits
+        assert rq["ray"] == rj["ray"] == "ray: 2 workers"
+        assert rq["ray_responses"] == len(keys) and rq["responses"] == 0 and rq["cache_hits"] == len(keys)
+        assert rq["calls_made"] == lq["calls_made"] == len(keys)
+        assert rj["ray_responses"] == 6 and rj["responses"] == 0 and rj["cache_hits"] == 6
+        assert (rj["prompt_tokens"], rj["completion_tokens"]) == (lj["prompt_tokens"], lj["completion_tokens"])
+        assert "ray" not in lq and "ray" not in lj
+        for p in tmp_path.rglob("*"):
+            assert not p.is_file() or SECRET.encode() not in p.read_bytes(), p
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
