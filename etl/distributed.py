@@ -16,7 +16,9 @@ to the driver, which writes them with the cache writers the local path uses
 :class:`etl.llm_cache.ResponseCache`). So the cache files, their atomic writes (temporary name,
 then rename) and their resumability after ``kill -9`` are the local path's own, and the Ray nodes
 need no shared file system: the warehouse lives on the driver only. The to-do rows travel the
-same way, through the object store (``ray.put``), not through files.
+same way, through the object store (``ray.put``), not through files: a stage's whole to-do list is
+put there before its pipeline starts (Ray spills objects to disk past its memory), so the driver
+holds only references. A killed run loses the tasks in flight; what came back is in the cache.
 
 :class:`RayEngine` starts a local cluster (``address = ""``: ``workers x cpus_per_worker`` CPUs, no
 dashboard, quiet logs) or connects to one (``address = "auto"`` or ``ray://head:10001``), and
