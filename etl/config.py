@@ -667,6 +667,11 @@ def validate(cfg: Config) -> None:
          f"must be >= 0 (0 = the CPU; 1 = a GPU per worker; 0.5 = two workers per GPU), got {d.gpus_per_worker}")
     need(d.cpus_per_worker >= 1, "distributed.cpus_per_worker", f"must be >= 1, got {d.cpus_per_worker}")
     need(d.task_batches >= 1, "distributed.task_batches", f"must be >= 1, got {d.task_batches}")
+    need(d.engine != "ray" or cfg.embedding.cache, "embedding.cache",
+         "must be true with distributed.engine = \"ray\" (the actors' vectors reach the stages through the cache)")
+    need(d.engine != "ray" or t.kind == "biencoder" or t.cache, "teacher.cache",
+         "must be true with distributed.engine = \"ray\" and a cross-encoder (the actors' scores reach the stage "
+         "through the cache)")
     need(d.address == "" or d.address == "auto" or re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d+", d.address) is not None,
          "distributed.address", f'must be "" (start a local cluster), "auto", host:port or ray://host:port, '
          f"got {d.address!r}")

@@ -7,6 +7,7 @@ the plan (:mod:`etl.plan`) can all use them without importing each other (no imp
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,7 +91,13 @@ class Context:
     def udfs(self) -> embed_mod.EmbeddingUDFs:
         """Load the embedding model once, register the UDFs and the cache view."""
         if self._udfs is None:
-            embedder = embed_mod.load_embedder(self.cfg.embedding)
+            ecfg = self.cfg.embedding
+            d = self.cfg.distributed
+            if d.engine == "ray" and d.gpus_per_worker > 0:
+                # the Ray actors hold the GPUs; the driver's copy only gives the dimension and the UDFs
+                # (which find every vector in the cache), so it stays on the CPU
+                ecfg = dataclasses.replace(ecfg, device="cpu", processes=1)
+            embedder = embed_mod.load_embedder(ecfg)
             cache = (embed_mod.CacheWriter(self.cache_dir, embedder.dim, flush_seconds=self.cfg.embedding.flush_seconds)
                      if self.cfg.embedding.cache else None)
             self._udfs = embed_mod.EmbeddingUDFs(embedder, self.cfg.embedding, self.progress, cache)

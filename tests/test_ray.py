@@ -156,6 +156,15 @@ def test_bad_distributed_config_names_the_key(key, value, message):
         load_config(None, [f"distributed.{key}={value}"])
 
 
+def test_engine_ray_needs_the_caches():
+    with pytest.raises(ConfigError, match=r"embedding\.cache.*must be true with distributed\.engine"):
+        load_config(None, ['distributed.engine="ray"', "embedding.cache=false"])
+    with pytest.raises(ConfigError, match=r"teacher\.cache.*must be true with distributed\.engine"):
+        load_config(None, ['distributed.engine="ray"', 'teacher.kind="cross_encoder"', 'teacher.cross_encoder="m"',
+                           "teacher.cache=false"])
+    load_config(None, ['distributed.engine="ray"', "teacher.cache=false"])  # the bi-encoder needs no score cache
+
+
 def test_engine_ray_without_ray_names_the_extra(tmp_path):
     code = ("import sys; sys.modules['ray'] = None\n"
             "from etl.config import load_config\nfrom etl.pipeline import run_pipeline\n"
