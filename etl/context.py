@@ -7,13 +7,18 @@ the plan (:mod:`etl.plan`) can all use them without importing each other (no imp
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import embed as embed_mod
 from .config import Config
 from .warehouse import LayerResult, Warehouse
+
+if TYPE_CHECKING:
+    from .distributed import RayEngine
 
 ISO_SECONDS = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -60,6 +65,23 @@ class Context:
     results: dict[str, LayerResult] = field(default_factory=dict)
     top_k_logged: bool = False
     _udfs: embed_mod.EmbeddingUDFs | None = None
+    _engine: RayEngine | None = None
+
+    def engine(self) -> RayEngine | None:
+        """The Ray engine when ``distributed.engine = "ray"`` (connected on first use), else None (local)."""
+        if self.cfg.distributed.engine != "ray":
+            return None
+        if self._engine is None:
+            from .distributed import RayEngine
+
+            self._engine = RayEngine(self.cfg.distributed)
+        return self._engine.start()
+
+    def close_engine(self) -> None:
+        """Shut down a Ray cluster this run started (a no-op for the local engine)."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     @property
     def progress(self) -> bool:
@@ -69,7 +91,13 @@ class Context:
     def udfs(self) -> embed_mod.EmbeddingUDFs:
         """Load the embedding model once, register the UDFs and the cache view."""
         if self._udfs is None:
-            embedder = embed_mod.load_embedder(self.cfg.embedding)
+            ecfg = self.cfg.embedding
+            d = self.cfg.distributed
+            if d.engine == "ray" and d.gpus_per_worker > 0:
+                # the Ray actors hold the GPUs; the driver's copy only gives the dimension and the UDFs
+                # (which find every vector in the cache), so it stays on the CPU
+                ecfg = dataclasses.replace(ecfg, device="cpu", processes=1)
+            embedder = embed_mod.load_embedder(ecfg)
             cache = (embed_mod.CacheWriter(self.cache_dir, embedder.dim, flush_seconds=self.cfg.embedding.flush_seconds)
                      if self.cfg.embedding.cache else None)
             self._udfs = embed_mod.EmbeddingUDFs(embedder, self.cfg.embedding, self.progress, cache)

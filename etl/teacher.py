@@ -249,8 +249,72 @@ def load_cross_encoder(name: str, device: str = "auto", fp16: bool = True) -> An
     return _MODELS[key]
 
 
+def predict_pairs(model: Any, queries: list[str], texts: list[str | None], t: TeacherConfig) -> np.ndarray:
+    """Cross-encoder scores of (query, text) pairs, texts cut by :func:`etl.embed.prepare_text` (float64)."""
+    pairs = [(prepare_text(q, t.max_chars), prepare_text(x or "", t.max_chars)) for q, x in zip(queries, texts,
+                                                                                                strict=True)]
+    return np.asarray(model.predict(pairs, batch_size=t.batch_size, show_progress_bar=False),
+                      dtype=np.float64).reshape(-1)
+
+
+def score_worker(t: TeacherConfig, threads: int, gpu: bool) -> Callable[[pa.Table], pa.Table]:
+    """Ray actor factory (:mod:`etl.distributed`): load the cross-encoder once, score each task's pairs.
+
+    A task is one row of lists (``query_hash``, ``passage_hash``, ``query``, ``text``); the result
+    has the score cache's columns. On an actor without a GPU the model runs on the CPU.
+    """
+    if not gpu:
+        import torch
+
+        torch.set_num_threads(threads)
+    model = load_cross_encoder(t.cross_encoder, t.device if gpu else "cpu", t.fp16)
+
+    def fn(batch: pa.Table) -> pa.Table:
+        cols = {c: [v for row in batch.column(c).to_pylist() for v in row]
+                for c in ("query_hash", "passage_hash", "query", "text")}
+        scores = predict_pairs(model, cols["query"], cols["text"], t)
+        return pa.table({"query_hash": pa.array(cols["query_hash"], pa.string()),
+                         "passage_hash": pa.array(cols["passage_hash"], pa.string()),
+                         "score": pa.array(scores, pa.float64())}, schema=SCORE_CACHE_SCHEMA)
+
+    return fn
+
+
+def _score_misses_on_ray(engine: Callable[[], Any], con: Any, cached_sql: str, cfg: Config,
+                         cache: ScoreCacheWriter) -> tuple[int, str]:
+    """Score a round's uncached pairs on Ray actors into ``cache``; (pairs scored, the engine's description).
+
+    The pairs are those of ``cached_sql`` (:func:`_cached_round_sql`) with no cached score, each
+    (query hash, passage hash) once; the driver writes the scores with ``cache`` (the local path's
+    writer), so the round's local pass then finds every pair cached.
+    """
+    t = cfg.teacher
+    misses = ("SELECT query_hash, passage_hash, any_value(query) AS query, any_value(text) AS text "
+              f"FROM ({cached_sql}) WHERE cached_score IS NULL GROUP BY query_hash, passage_hash "
+              "ORDER BY query_hash, passage_hash")
+    if int(con.execute(f"SELECT count(*) FROM ({misses})").fetchall()[0][0]) == 0:
+        return 0, ""
+    ray_engine = engine()
+    per_task = t.batch_size * ray_engine.cfg.task_batches
+
+    def todo():
+        for rb in con.sql(misses).to_arrow_reader(per_task):
+            yield pa.table({c: pa.array([rb.column(c).to_pylist()], pa.list_(pa.string()))
+                            for c in ("query_hash", "passage_hash", "query", "text")})
+
+    def on_result(table: pa.Table) -> None:
+        keys = list(zip(table.column("query_hash").to_pylist(), table.column("passage_hash").to_pylist(),
+                        strict=True))
+        cache.add(keys, table.column("score").to_numpy(zero_copy_only=False))
+
+    kwargs = {"t": t, "threads": ray_engine.cfg.cpus_per_worker, "gpu": ray_engine.cfg.gpus_per_worker > 0}
+    n = ray_engine.run(todo(), score_worker, kwargs, on_result)
+    cache.flush(idle=True)
+    return n, ray_engine.describe()
+
+
 def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True,
-                         filters_sql: str | None = None) -> dict[str, Any]:
+                         filters_sql: str | None = None, engine: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Score the candidates with the configured teacher and write the ``teacher_scores`` layer.
 
     Scoring goes in rounds of ``teacher.max_candidates`` hard candidates per query. After each
@@ -258,6 +322,10 @@ def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True
     the queries it leaves with fewer than ``negatives.hard`` usable hard negatives get their next
     ``max_candidates`` candidates scored, until none is short or their candidates run out (every
     usable neighbour up to ``mining.search_depth``). Without ``filters_sql``: one round.
+
+    ``engine`` (``distributed.engine = "ray"``, with the score cache on): a callable giving the
+    started :class:`etl.distributed.RayEngine`; each round's uncached pairs are then scored by Ray
+    actors into the cache first (counts ``ray_scored``, ``ray``), and the round runs from the cache.
     """
     from tqdm import tqdm
 
@@ -283,7 +351,14 @@ def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True
                 break
             if cache is not None:
                 cache.flush(idle=True)  # the round's lookups see every score so far
-                sql = _cached_round_sql(con, sql, cache.dir)
+                round_sql = sql
+                sql = _cached_round_sql(con, round_sql, cache.dir)
+                if engine is not None:
+                    n_ray, via = _score_misses_on_ray(engine, con, sql, cfg, cache)
+                    if n_ray:
+                        counts["ray_scored"] = counts.get("ray_scored", 0) + n_ray
+                        counts["ray"] = via
+                        sql = _cached_round_sql(con, round_sql, cache.dir)  # now with Ray's scores
             reader = con.sql(sql).to_arrow_reader(50_000)
             writer = pq.ParquetWriter(part, RAW_SCHEMA, compression="zstd")
             try:
@@ -353,9 +428,7 @@ def _score_and_write(writer: pq.ParquetWriter, table: pa.Table, model: Any, cfg:
         step = t.batch_size * PREDICT_CHUNK
         for s in range(0, len(todo), step):
             idx = todo[s:s + step]
-            pairs = [(prepare_text(queries[i], t.max_chars), prepare_text(texts[i] or "", t.max_chars)) for i in idx]
-            scores = np.asarray(model.predict(pairs, batch_size=t.batch_size, show_progress_bar=False),
-                                dtype=np.float64).reshape(-1)
+            scores = predict_pairs(model, [queries[i] for i in idx], [texts[i] for i in idx], t)
             ce[idx] = scores
             if cache is not None:
                 cache.add([(qh[i], ph[i]) for i in idx], scores)
