@@ -18,6 +18,17 @@ apart. This script measures the pipeline as a user runs it, on one host, in one 
    (queries for ``query_embeddings``), neighbours by the engine's cost (torch exact: queries x
    passages; usearch HNSW: n log n), clusters ``n^1.5`` (k grows as sqrt(n/2)).
 
+A model with random weights (the one built here) ranks at random and maps every text to nearly
+the same direction, so the quality filters would drop most queries and negatives and the stages
+after the teacher would run on a fraction of the real volume. ``--random-weights`` (on when the
+model is built here) therefore turns off the filters that depend on the model being good
+(``filters.near_duplicate_cosine = 1``, ``filters.positive_max_rank = 0``, ``filters.relative_margin
+= 0``), so the candidates and the teacher run at real volume. One filter stays: a negative that
+scores above its positive is never kept, and a random model ranks the positive at random, so few
+queries keep enough hard negatives and ``examples`` and the export run on a fraction of the real
+records. The table marks them, and their full-dump figures should come from ``bench_memory.py``
+(substitute vectors with a real query-positive geometry; benchmarks/README.md, section "GPU").
+
 The synthetic text tokenizes at ~0.95 tokens per character, ~1.6x the tokens of real Korean per
 passage, so the embedding stages here are slower per passage than on a real dump (section "GPU").
 
@@ -41,6 +52,8 @@ from common import ensure_corpus, machine, make_config, save_json, table
 HERE = Path(__file__).resolve().parent
 # 1M documents of synth.py's corpus (section "GPU" of benchmarks/README.md)
 TARGET_PASSAGES, TARGET_QUERIES = 4_576_800, 1_888_746
+# the filters a random-weight model defeats (see the module docstring)
+RANDOM_WEIGHT_FILTERS = ["filters.near_duplicate_cosine=1", "filters.positive_max_rank=0", "filters.relative_margin=0"]
 
 
 def device_line() -> str:
@@ -106,6 +119,9 @@ def main() -> None:
                     help="the built model's shape: e5-large (GPU) or tiny (a CPU smoke run)")
     ap.add_argument("--max-batch-tokens", type=int, default=65536,
                     help="embedding.max_batch_tokens (0 = embedding.batch_size texts per batch)")
+    ap.add_argument("--random-weights", action=argparse.BooleanOptionalAction, default=None,
+                    help="the model has random weights: turn off the model-quality filters so every stage runs "
+                         "at real volume (default: on when the model is built here)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="another config override, as `python -m etl run --set` (repeatable)")
     ap.add_argument("--target-passages", type=int, default=TARGET_PASSAGES)
@@ -126,8 +142,11 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(warehouse)  # a measured run starts empty (no cached vector, no fresh layer)
+    random_weights = a.model is None if a.random_weights is None else a.random_weights
     overrides = [f'embedding.model="{model}"', 'embedding.device="auto"', 'teacher.device="auto"',
-                 'mining.engine="auto"', f"embedding.max_batch_tokens={a.max_batch_tokens}", *a.set]
+                 'mining.engine="auto"', f"embedding.max_batch_tokens={a.max_batch_tokens}",
+                 *(RANDOM_WEIGHT_FILTERS if random_weights else []), *a.set]
+    print(f"overrides: {' '.join(overrides)}")
     cfg = make_config(corpus, warehouse, overrides)
     lines: list[str] = []
 
@@ -155,6 +174,12 @@ def main() -> None:
         rows.append({"stage": "export (wall - stages)", "rows": int(meta.get("train_samples", 0))
                      + int(meta.get("val_samples", 0)), "seconds": export_s, "scales with": "passages",
                      "at target s": export_s * s_p, "linear s": export_s * s_p})
+    records = int(meta.get("train_samples", 0)) + int(meta.get("val_samples", 0))
+    few_records = records < queries / 2
+    if few_records:  # the stages that scale with records ran on a fraction of them (random weights)
+        for r in rows:
+            if r["stage"] == "examples" or r["stage"].startswith("export"):
+                r["scales with"] += f" (only {records:,} records)"
     total = sum(r["at target s"] for r in rows)
     linear = sum(r["linear s"] for r in rows)
     embed_s = {k: float(stages[k]["seconds"]) for k in ("passage_embeddings", "query_embeddings")}
@@ -168,6 +193,10 @@ def main() -> None:
         rate = embedded[k] / embed_s[k] if embed_s[k] else 0.0
         print(f"{k}: {embedded[k]:,} texts embedded in {embed_s[k]:.1f} s = {rate:,.0f} texts/s "
               "(model load included)")
+    if few_records:
+        print(f"note: {records:,} records for {queries:,} queries (a model with random weights ranks positives at "
+              "random), so examples and export ran far below their real volume: take their full-dump times from "
+              "bench_memory.py (benchmarks/README.md, section GPU)")
     print(f"engines: neighbours {engines['neighbours']}, clusters {engines['clusters']}")
     print(f"extrapolated to {a.target_passages:,} passages / {a.target_queries:,} queries: {total:,.0f} s = "
           f"{total / 60:.0f} min by the rules above, {linear / 60:.0f} min if every stage were linear (a small run's "
@@ -175,9 +204,9 @@ def main() -> None:
     save_json(a.json, {"machine": machine(), "device": device_line(), "docs": a.docs, "passages": passages,
                        "queries": queries, "wall_seconds": wall, "synth_seconds": synth_s,
                        "model_seconds": model_s, "model": str(model), "overrides": overrides, "stages": rows,
-                       "embedded": embedded, "engines": engines, "target_passages": a.target_passages,
-                       "target_queries": a.target_queries, "extrapolated_seconds": total,
-                       "extrapolated_seconds_linear": linear, "log": lines})
+                       "embedded": embedded, "engines": engines, "records": records,
+                       "target_passages": a.target_passages, "target_queries": a.target_queries,
+                       "extrapolated_seconds": total, "extrapolated_seconds_linear": linear, "log": lines})
     print(f"wrote {a.json}")
 
 

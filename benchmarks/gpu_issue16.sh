@@ -36,7 +36,7 @@ step() {  # step NAME LIMIT_S CMD...: run CMD under a limit, log to $OUT/NAME.lo
 }
 MODEL=/tmp/e5$ARCH
 step model 60 "$PY" bench_embed_gpu.py model --tokenizer ../.gpu/e5tok --out $MODEL --arch $ARCH
-step e2e 330 "$PY" bench_gpu_e2e.py --docs $DOCS --model $MODEL/st --json "$OUT/e2e.json"
+step e2e 330 "$PY" bench_gpu_e2e.py --docs $DOCS --model $MODEL/st --random-weights --json "$OUT/e2e.json"
 step mining 70 "$PY" bench_torch_mining.py --passages $PASSAGES --queries $QUERIES --dim $DIM --out "$OUT/mining.json"
 step forward 100 "$PY" bench_embed_gpu.py throughput --model $MODEL/st --n $FORWARD_N --batch-sizes 512 \
     --unsorted --repeats 1 --forwards fp16/auto fp16/sdpa bf16/sdpa --max-batch-tokens 65536 --out "$OUT/forward.json"
