@@ -28,19 +28,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from bench_embed import make_texts
 from common import load, machine, save_json, table
+
+from etl.embed_cache import read_cache
 
 
 def cache_vectors(directory: Path) -> dict[str, bytes]:
     """text_hash -> float32 bytes of every vector in a cache directory."""
-    out: dict[str, bytes] = {}
-    for f in sorted(directory.glob("part-*.parquet")):
-        t = pq.read_table(f)
-        for h, v in zip(t.column("text_hash").to_pylist(), t.column("embedding").to_pylist(), strict=True):
-            out[h] = np.asarray(v, dtype=np.float32).tobytes()
-    return out
+    return {h: v.tobytes() for h, v in read_cache(directory).items()}
 
 
 def main() -> None:

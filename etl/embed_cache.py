@@ -143,3 +143,22 @@ def text_hash(kind: Kind, text: str, key_prefix: str) -> str:
     import hashlib
 
     return hashlib.sha256((key_prefix + PREFIX[kind] + text).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def read_cache(directory) -> dict[str, np.ndarray]:
+    """Every vector of one model's cache directory: ``text_hash`` -> float32 vector.
+
+    Reads the committed ``part-*.parquet`` files in name order (temporary files of a writer that
+    was killed are skipped); a hash written twice keeps its last vector. For inspecting and
+    comparing caches (e.g. a Ray run's against a plain run's); the stages read the cache in SQL.
+    """
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    out: dict[str, np.ndarray] = {}
+    for f in sorted(Path(directory).glob("part-*.parquet")):
+        t = pq.read_table(f, columns=["text_hash", "embedding"])
+        for h, v in zip(t.column("text_hash").to_pylist(), t.column("embedding").to_pylist(), strict=True):
+            out[h] = np.asarray(v, dtype=np.float32)
+    return out

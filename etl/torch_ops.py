@@ -141,16 +141,22 @@ def _sq_dist(x: Any, x2: Any, c: Any) -> Any:
 
 
 def assign(x: Any, centres: Any, block: int = 16_384) -> tuple[Any, Any]:
-    """Nearest centre of every row of ``x`` and the squared distance to it, in blocks of rows."""
+    """Nearest centre of every row of ``x`` and the squared distance to it, in blocks of rows.
+
+    The nearest centre comes from the expanded ``|x|^2 - 2 x.c + |c|^2`` (one matrix product); the
+    distance returned is then recomputed directly as ``|x - c|^2``, which has no cancellation: a row
+    equal to its centre gets 0, not float32 noise of ~1e-7 (which summed over many rows would move
+    the inertia, and its square root the ``centroid_distance``, by far more).
+    """
     import torch
 
     labels, dists = [], []
     for s in range(0, x.shape[0], block):
         xb = x[s:s + block]
         d = _sq_dist(xb, (xb * xb).sum(1), centres)
-        v, i = torch.min(d, dim=1)
+        i = torch.argmin(d, dim=1)
         labels.append(i)
-        dists.append(v)
+        dists.append(((xb - centres[i]) ** 2).sum(1))
     return torch.cat(labels), torch.cat(dists)
 
 

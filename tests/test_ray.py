@@ -26,6 +26,7 @@ import pytest
 from etl_helpers import tiny_run_dirs
 
 from etl.config import ConfigError, load_config
+from etl.embed_cache import read_cache
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data] (pip install '.[ray]')")
 
@@ -50,12 +51,7 @@ def ray_cluster():
 
 def cache_rows(directory) -> dict[str, bytes]:
     """text_hash -> the vector's float32 bytes, over every cache file of a model."""
-    out: dict[str, bytes] = {}
-    for f in sorted(directory.glob("part-*.parquet")):
-        t = pq.read_table(f)
-        for h, v in zip(t.column("text_hash").to_pylist(), t.column("embedding").to_pylist(), strict=True):
-            out[h] = np.asarray(v, dtype=np.float32).tobytes()
-    return out
+    return {h: v.tobytes() for h, v in read_cache(directory).items()}
 
 
 def layer_rows(warehouse, name: str) -> list[tuple]:
